@@ -1,0 +1,39 @@
+"""bnfold: fold BatchNormalization into the linear op next to it, prove nothing changed, report.
+
+Python API::
+
+    import bnfold
+    result = bnfold.fold("model.onnx")          # or an onnx.ModelProto
+    check = bnfold.validate("model.onnx", result.model)
+    assert check.passed
+
+Names are imported lazily so that ``bnfold --help`` does not pay for onnx and numpy.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "fold": "bnfold.folding",
+    "FoldResult": "bnfold.folding",
+    "validate": "bnfold.validation",
+    "ValidationResult": "bnfold.validation",
+    "OutputComparison": "bnfold.validation",
+    "Fold": "bnfold.rules.base",
+    "Refusal": "bnfold.rules.base",
+    "BnfoldError": "bnfold.errors",
+    "load_model": "bnfold.io",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        import importlib
+
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'bnfold' has no attribute {name!r}")

@@ -1,0 +1,172 @@
+"""Child process of ``bnfold.validation.validate``: runs both models, writes the comparison as JSON.
+
+Run as ``python -m bnfold._validate_worker REQUEST.json``. It writes what it is doing to the
+request's progress file first, so that if the runtime kills the process the parent can say when.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import onnx
+
+from .tolerances import tolerance_for
+
+
+#: Inputs whose symbolic dimensions were defaulted to 1 (named in the error if a run then fails).
+_SYMBOLIC: list[str] = []
+
+
+class CannotRun(Exception):
+    """The models could not be run as given (shape, kernel, runtime error): a one-line reason."""
+
+
+def _progress(path: str, text: str) -> None:
+    with open(path, "w") as fh:
+        fh.write(text)
+
+
+def _strip_empty_trailing_outputs(graph: onnx.GraphProto) -> None:
+    """Drop declared-but-empty optional outputs (``['y', '', '']`` → ``['y']``): same semantics,
+    and onnxruntime crashes on some (opset-9 BatchNormalization)."""
+    for node in graph.node:
+        while len(node.output) > 1 and node.output[-1] == "":
+            node.output.pop()
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                _strip_empty_trailing_outputs(attr.g)
+            for g in attr.graphs:
+                _strip_empty_trailing_outputs(g)
+
+
+def _real_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    inits = {t.name for t in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in inits]
+
+
+def make_inputs(model: onnx.ModelProto, shapes: dict[str, list[int]], seed: int) -> dict[str, np.ndarray]:
+    """Seeded random inputs: normal floats, small non-negative integers, random booleans."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    inputs = _real_inputs(model)
+    unknown = sorted(set(shapes) - {vi.name for vi in inputs})
+    if unknown:
+        raise CannotRun(f"--input-shape names no input of the model: {', '.join(unknown)}")
+    for vi in inputs:
+        ttype = vi.type.tensor_type
+        if not vi.type.HasField("tensor_type"):
+            raise CannotRun(f"input '{vi.name}' is not a tensor; bnfold validates tensor inputs only")
+        if vi.name in shapes:
+            shape = list(shapes[vi.name])
+        elif not ttype.HasField("shape"):
+            raise CannotRun(f"input '{vi.name}' has no declared shape; pass --input-shape {vi.name}=DIMxDIM...")
+        else:
+            shape = [d.dim_value if d.HasField("dim_value") else 1 for d in ttype.shape.dim]
+            if any(not d.HasField("dim_value") for d in ttype.shape.dim):
+                _SYMBOLIC.append(vi.name)
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(ttype.elem_type)
+        if dtype == np.bool_:
+            value = rng.random(shape) < 0.5
+        elif np.issubdtype(dtype, np.integer):
+            value = rng.integers(0, 4, size=shape).astype(dtype)
+        else:
+            value = rng.standard_normal(shape).astype(dtype)
+        feeds[vi.name] = value
+    return feeds
+
+
+def _ort_session(model: onnx.ModelProto):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _no_kernel(exc: Exception) -> bool:
+    text = str(exc)
+    return "NOT_IMPLEMENTED" in text or "Could not find an implementation" in text or "not supported" in text.lower()
+
+
+def run_pair(original, folded, feeds, progress: str) -> tuple[str, list, list]:
+    """Outputs of both models with the same backend: onnxruntime, or onnx.reference where ORT has no kernel."""
+    try:
+        _progress(progress, "creating an onnxruntime session for the original model")
+        sessions = [_ort_session(original)]
+        _progress(progress, "creating an onnxruntime session for the folded model")
+        sessions.append(_ort_session(folded))
+        backend = "onnxruntime (CPU, ORT_DISABLE_ALL)"
+        ort_feeds = {k: v for k, v in feeds.items() if v.dtype.name != "bfloat16"}
+        if len(ort_feeds) != len(feeds):
+            raise RuntimeError("NOT_IMPLEMENTED: bfloat16 inputs")
+    except Exception as exc:
+        if not _no_kernel(exc):
+            raise CannotRun(f"onnxruntime cannot load the model: {' '.join(str(exc).split())[:300]}") from None
+        from onnx.reference import ReferenceEvaluator
+
+        sessions = [ReferenceEvaluator(original), ReferenceEvaluator(folded)]
+        backend = "onnx.reference (onnxruntime has no kernel for this model)"
+        ort_feeds = feeds
+    results = []
+    for which, session in zip(("original", "folded"), sessions):
+        _progress(progress, f"running the {which} model ({backend})")
+        try:
+            results.append(session.run(None, ort_feeds))
+        except Exception as exc:
+            hint = ""
+            if _SYMBOLIC:
+                hint = f" (symbolic dimensions of {', '.join(_SYMBOLIC)} were set to 1; pass --input-shape NAME=DIMxDIM...)"
+            raise CannotRun(f"running the {which} model failed: {' '.join(str(exc).split())[:300]}{hint}") from None
+    return backend, results[0], results[1]
+
+
+def compare(name: str, ref: np.ndarray, got: np.ndarray, atol: float | None, rtol: float | None) -> dict:
+    """Max abs/rel error of ``got`` against ``ref`` and whether every element is within tolerance."""
+    ref, got = np.asarray(ref), np.asarray(got)
+    dtype = ref.dtype.name
+    tol = tolerance_for(dtype, atol, rtol)
+    result = {"name": name, "dtype": dtype, "shape": list(ref.shape), "atol": tol.atol, "rtol": tol.rtol}
+    if ref.shape != got.shape or ref.dtype != got.dtype:
+        return {**result, "max_abs": float("inf"), "max_rel": float("inf"), "passed": False}
+    if not (np.issubdtype(ref.dtype, np.number) or dtype == "bfloat16"):
+        equal = bool(np.array_equal(ref, got))
+        return {**result, "max_abs": 0.0 if equal else float("inf"), "max_rel": 0.0 if equal else float("inf"), "passed": equal}
+    r, g = ref.astype(np.float64), got.astype(np.float64)
+    both_nan = np.isnan(r) & np.isnan(g)
+    same_inf = np.isinf(r) & (r == g)
+    diff = np.where(both_nan | same_inf, 0.0, np.abs(g - r))
+    diff = np.where(np.isnan(diff), np.inf, diff)
+    max_abs = float(diff.max()) if diff.size else 0.0
+    big = np.abs(r) > tol.atol
+    max_rel = float((diff[big] / np.abs(r[big])).max()) if np.any(big) else 0.0
+    passed = bool(np.all(diff <= tol.atol + tol.rtol * np.abs(np.nan_to_num(r))))
+    return {**result, "max_abs": max_abs, "max_rel": max_rel, "passed": passed}
+
+
+def main(request_path: str) -> int:
+    with open(request_path) as fh:
+        req = json.load(fh)
+    report: dict = {"backend": "", "inputs": {}, "outputs": []}
+    try:
+        _progress(req["progress"], "loading the models")
+        original, folded = onnx.load(req["original"]), onnx.load(req["folded"])
+        for model in (original, folded):
+            _strip_empty_trailing_outputs(model.graph)
+        feeds = make_inputs(original, req["input_shapes"], req["seed"])
+        report["inputs"] = {k: list(v.shape) for k, v in feeds.items()}
+        backend, ref, got = run_pair(original, folded, feeds, req["progress"])
+        report["backend"] = backend
+        names = [o.name for o in original.graph.output]
+        report["outputs"] = [compare(n, r, g, req["atol"], req["rtol"]) for n, r, g in zip(names, ref, got)]
+    except CannotRun as exc:
+        report["error"] = str(exc)
+    with open(req["result"], "w") as fh:
+        json.dump(report, fh)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

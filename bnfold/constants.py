@@ -1,0 +1,101 @@
+"""Evaluate the small constant subgraphs exporters put in front of BN parameters.
+
+Exporters rarely hand a BatchNormalization its statistics as plain initializers: PyTorch's
+TrainingMode.PRESERVE export routes them through Identity nodes, the onnx package's "light" model
+zoo makes them with ConstantOfShape, others Cast or Reshape them. ``evaluate_node`` computes one
+such node from constant inputs; ``FoldGraph.constant`` walks the producers recursively.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnx import numpy_helper
+
+from .errors import NoFold
+
+#: How graphsurgeon spells the default ONNX operator domain.
+ONNX_DOMAINS = (None, "", "ai.onnx")
+
+#: Deterministic, cheap ops that may appear between an initializer and a BN parameter. Anything
+#: else (random ops, ops with subgraphs, ops from other domains) makes the value non-constant.
+FOLDABLE_CONSTANT_OPS = frozenset(
+    {
+        "Identity", "Constant", "ConstantOfShape", "Cast", "CastLike", "Reshape", "Squeeze", "Unsqueeze",
+        "Flatten", "Expand", "Concat", "Add", "Sub", "Mul", "Div", "Sqrt", "Reciprocal", "Neg", "Abs",
+        "Pow", "Transpose", "Slice", "Gather", "Shape", "Size", "Tile", "Max", "Min", "Clip",
+    }
+)
+
+#: Refuse to materialize larger intermediate values than this (elements): parameters are small.
+MAX_CONSTANT_ELEMENTS = 1 << 26
+
+
+def tensor_value(tensor: gs.Constant) -> np.ndarray:
+    """The exact values of a gs.Constant, read straight from its TensorProto when it has one.
+
+    onnx-graphsurgeon converts dtypes NumPy lacks (bfloat16) when it loads values itself;
+    ``numpy_helper.to_array`` keeps them (as ml_dtypes arrays).
+    """
+    lazy = tensor._values
+    if isinstance(lazy, gs.ir.tensor.LazyValues) and isinstance(lazy.tensor, onnx.TensorProto):
+        return numpy_helper.to_array(lazy.tensor)
+    return np.asarray(tensor.values)
+
+
+def _attr_value(attr: gs.Constant) -> np.ndarray:
+    return tensor_value(attr)
+
+
+def _constant_node_value(node: gs.Node) -> np.ndarray:
+    attrs = node.attrs
+    if "value" in attrs:
+        return _attr_value(attrs["value"])
+    if "value_float" in attrs:
+        return np.array(attrs["value_float"], dtype=np.float32)
+    if "value_floats" in attrs:
+        return np.array(attrs["value_floats"], dtype=np.float32)
+    if "value_int" in attrs:
+        return np.array(attrs["value_int"], dtype=np.int64)
+    if "value_ints" in attrs:
+        return np.array(attrs["value_ints"], dtype=np.int64)
+    raise NoFold(f"Constant node '{node.name}' holds a {', '.join(attrs)} value bnfold does not read")
+
+
+def _to_proto_attr(value):
+    if isinstance(value, gs.Constant):
+        return numpy_helper.from_array(tensor_value(value), value.name)
+    if isinstance(value, (gs.Graph, gs.Tensor)):
+        raise NoFold("node has a graph-valued attribute")
+    return value
+
+
+def evaluate_node(node: gs.Node, inputs: list[np.ndarray | None], opset: int) -> list[np.ndarray]:
+    """Compute the outputs of ``node`` given its constant ``inputs`` (None for omitted optionals)."""
+    if node.domain not in ONNX_DOMAINS:
+        raise NoFold(f"'{node.name}' is a {node.domain}::{node.op} node, not a constant")
+    if node.op not in FOLDABLE_CONSTANT_OPS:
+        raise NoFold(f"'{node.name}' is a {node.op} node, not a constant")
+    if node.op == "Constant":
+        return [_constant_node_value(node)]
+    if node.op == "Identity":
+        return [inputs[0]]
+    if node.op == "ConstantOfShape":
+        shape = [int(d) for d in np.asarray(inputs[0]).ravel()]
+        if int(np.prod(shape, dtype=np.int64)) > MAX_CONSTANT_ELEMENTS:
+            raise NoFold(f"ConstantOfShape '{node.name}' would be too large to evaluate")
+        fill = _attr_value(node.attrs["value"]) if "value" in node.attrs else np.zeros(1, np.float32)
+        return [np.full(shape, fill.ravel()[0], dtype=fill.dtype)]
+    from onnx.reference import ReferenceEvaluator
+
+    names = [f"i{k}" if value is not None else "" for k, value in enumerate(inputs)]
+    outputs = [f"o{k}" for k in range(len(node.outputs))]
+    attrs = {k: _to_proto_attr(v) for k, v in node.attrs.items()}
+    proto = onnx.helper.make_node(node.op, names, outputs, **attrs)
+    feeds = {n: v for n, v in zip(names, inputs) if n}
+    try:
+        evaluator = ReferenceEvaluator(proto, opsets={"": opset})
+        return list(evaluator.run(None, feeds))
+    except Exception as exc:  # an evaluation failure means: not a constant we can use
+        raise NoFold(f"could not evaluate {node.op} '{node.name}' on constant inputs ({exc})") from None

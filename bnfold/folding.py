@@ -1,0 +1,63 @@
+"""``fold``: the in-memory entry point. ModelProto (or path) in, folded ModelProto and report out."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import onnx
+
+from .graph import export_model, import_model
+from .passes import run_rules
+from .rules import DEFAULT_RULES, Fold, Refusal, Rule
+from .stats import ModelStats, model_stats
+
+
+@dataclass
+class FoldResult:
+    """What ``fold`` did.
+
+    Attributes:
+        model: the folded model (the input object itself when nothing folded).
+        folds: every applied rewrite, in order.
+        refusals: every node a rule looked at and left, with the reason.
+        before, after: node and parameter counts of the input and the result.
+        seconds: time spent folding (import, rules, export).
+    """
+
+    model: onnx.ModelProto
+    folds: list[Fold] = field(default_factory=list)
+    refusals: list[Refusal] = field(default_factory=list)
+    before: ModelStats | None = None
+    after: ModelStats | None = None
+    seconds: float = 0.0
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.folds)
+
+
+def fold(model: onnx.ModelProto | str | os.PathLike, rules: Sequence[Rule] | None = None) -> FoldResult:
+    """Fold every foldable BatchNormalization into the linear op that feeds it.
+
+    Args:
+        model: an ``onnx.ModelProto`` (not modified) or the path of an ONNX file.
+        rules: the rules to run (default: ``bnfold.rules.DEFAULT_RULES``).
+
+    Returns:
+        A FoldResult. Every rewrite is exact up to float rounding: the fold math runs in float64
+        and is cast once to the weight's dtype; folds that would overflow or lose precision are
+        refused, like every other fold whose preconditions fail, with the reason in ``refusals``.
+    """
+    if not isinstance(model, onnx.ModelProto):
+        from .io import load_model
+
+        model = load_model(model)
+    start = time.perf_counter()
+    graph = import_model(model)
+    outcome = run_rules(graph, DEFAULT_RULES if rules is None else rules)
+    folded = export_model(graph, model) if outcome.folds else model
+    seconds = time.perf_counter() - start
+    return FoldResult(folded, outcome.folds, outcome.refusals, model_stats(model), model_stats(folded), seconds)

@@ -1,0 +1,68 @@
+"""Run rewrite rules over a graph to a fixed point.
+
+Each round offers every live node of a rule's anchor type to the rules for that type, in graph
+order, and applies the first rule whose match and check succeed. Graph order means a chain
+Conv → BN → BN folds in one round (the second BN sees the Conv the first fold left behind);
+rounds repeat until one applies nothing, and that last round's refusals are the report. Only
+anchor nodes are revisited, so a round costs O(anchors), the pass O(nodes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from .errors import NoFold
+from .graph import FoldGraph
+from .rules.base import Fold, Refusal, Rule
+
+
+@dataclass
+class PassResult:
+    folds: list[Fold] = field(default_factory=list)
+    refusals: list[Refusal] = field(default_factory=list)
+
+
+def _try_rules(node, rules: Sequence[Rule], graph: FoldGraph, scope: str) -> Fold | Refusal:
+    """Apply the first rule that folds ``node``; otherwise the refusal of the rule that came closest."""
+    best: Refusal | None = None
+    for rule in rules:
+        stage = "match"
+        try:
+            match = rule.match(node, graph)
+            stage = "check"
+            plan = rule.check(match, graph)
+        except NoFold as exc:
+            refusal = Refusal(rule.name, node.name, node.op, exc.reason, stage, scope)
+            if best is None or (best.stage == "match" and stage == "check"):
+                best = refusal
+            continue
+        fold = rule.rewrite(plan, graph)
+        return Fold(fold.rule, fold.node, fold.op, fold.into, fold.into_op, scope)
+    assert best is not None
+    return best
+
+
+def run_rules(graph: FoldGraph, rules: Sequence[Rule], scope: str = "main") -> PassResult:
+    """Fold everything ``rules`` can fold in ``graph``; report every anchor node left, with its reason."""
+    by_anchor: dict[str, list[Rule]] = {}
+    for rule in rules:
+        by_anchor.setdefault(rule.anchor, []).append(rule)
+    candidates = [n for n in graph.graph.nodes if n.op in by_anchor]
+    result = PassResult()
+    while True:
+        refusals: list[Refusal] = []
+        remaining = []
+        for node in candidates:
+            if graph.is_removed(node):
+                continue
+            outcome = _try_rules(node, by_anchor[node.op], graph, scope)
+            if isinstance(outcome, Fold):
+                result.folds.append(outcome)
+            else:
+                refusals.append(outcome)
+                remaining.append(node)
+        if len(remaining) == len(candidates) or not remaining:
+            result.refusals = refusals
+            return result
+        candidates = remaining

@@ -1,0 +1,74 @@
+"""What a rewrite rule is, and what a pass reports.
+
+A rule has three parts, each a method:
+- ``match(node, graph)``: structure only. Starting from a node of the rule's ``anchor`` op type,
+  find the nodes the rule is about, or raise NoFold with what is missing.
+- ``check(match, graph)``: semantics. Read constants, test every precondition, do the fold math.
+  Returns a plan (everything ``rewrite`` needs) or raises NoFold with a reason a user can read.
+- ``rewrite(plan, graph)``: edit the graph. Never fails; returns the Fold to report.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
+
+import onnx_graphsurgeon as gs
+
+from ..graph import FoldGraph
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One applied rewrite: ``node`` (e.g. a BatchNormalization) was folded into ``into``."""
+
+    rule: str
+    node: str
+    op: str
+    into: str
+    into_op: str
+    graph: str = "main"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A node left in the model, the rule that came closest to removing it, and why it did not."""
+
+    rule: str
+    node: str
+    op: str
+    reason: str
+    stage: str = "check"  # "match" (structure missing) or "check" (a precondition failed)
+    graph: str = "main"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def describe(node: gs.Node | None) -> str:
+    """``Op 'name'`` for messages."""
+    if node is None:
+        return "nothing"
+    return f"{node.op} '{node.name}'" if node.name else f"an unnamed {node.op}"
+
+
+class Rule(ABC):
+    """Base class of rewrite rules; see the module docstring for the contract."""
+
+    #: Short identifier shown in reports and used to turn the rule off.
+    name: ClassVar[str]
+    #: Op type of the node a match starts from; the pass only offers these nodes to the rule.
+    anchor: ClassVar[str]
+
+    @abstractmethod
+    def match(self, node: gs.Node, graph: FoldGraph) -> Any: ...
+
+    @abstractmethod
+    def check(self, match: Any, graph: FoldGraph) -> Any: ...
+
+    @abstractmethod
+    def rewrite(self, plan: Any, graph: FoldGraph) -> Fold: ...

@@ -1,0 +1,61 @@
+"""Reading a BatchNormalization node as an inference-time per-channel affine map.
+
+Shared by every rule that folds a BN: it checks the BN-side preconditions once, the same way,
+with the same messages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from ..errors import NoFold
+from ..foldmath import bn_affine
+from ..constants import ONNX_DOMAINS
+from ..graph import FoldGraph
+
+_PARAM_NAMES = ("scale", "bias", "mean", "variance")
+_EXTRA_OUTPUTS = ("running_mean", "running_var", "saved_mean", "saved_var")
+
+
+@dataclass(frozen=True)
+class BatchNormAffine:
+    """BN(x) = s * x + t along axis 1, with s and t in float64."""
+
+    node: gs.Node
+    s: np.ndarray
+    t: np.ndarray
+
+
+def check_inference_only(bn: gs.Node, graph: FoldGraph) -> None:
+    """Refuse BN nodes that do not compute a fixed affine map at inference (structure and attributes)."""
+    if bn.domain not in ONNX_DOMAINS:
+        raise NoFold(f"BatchNormalization in domain '{bn.domain}' is not the ONNX operator")
+    if int(bn.attrs.get("training_mode", 0)) == 1:
+        raise NoFold("training_mode=1: it normalizes with batch statistics, not an inference op")
+    if graph.opset < 7 and int(bn.attrs.get("is_test", 0)) == 0:
+        raise NoFold("is_test=0 (opset < 7): it normalizes with batch statistics, not an inference op")
+    if int(bn.attrs.get("spatial", 1)) == 0:
+        raise NoFold("spatial=0: statistics are per activation, not per channel")
+    if len(bn.inputs) < 5 or any(not t.name for t in bn.inputs[:5]):
+        raise NoFold("it does not have its five inputs")
+    for label, out in zip(_EXTRA_OUTPUTS, bn.outputs[1:]):
+        if out.name and graph.is_used(out):
+            raise NoFold(f"its {label} output '{out.name}' is used")
+
+
+def read_affine(bn: gs.Node, graph: FoldGraph, channels: int) -> BatchNormAffine:
+    """BN's constant statistics as (s, t) over ``channels`` channels; NoFold when they are not constants of that shape."""
+    values = []
+    for label, tensor in zip(_PARAM_NAMES, bn.inputs[1:5]):
+        try:
+            value = graph.constant(tensor)
+        except NoFold as exc:
+            raise NoFold(f"its {label} is not a constant: {exc.reason}") from None
+        if value.shape != (channels,):
+            raise NoFold(f"its {label} '{tensor.name}' has shape {list(value.shape)}, expected [{channels}]")
+        values.append(value)
+    s, t = bn_affine(*values, float(bn.attrs.get("epsilon", 1e-5)))
+    return BatchNormAffine(bn, s, t)

@@ -1,0 +1,144 @@
+"""Numerical validation: run the original and the folded model on the same inputs and compare.
+
+Both models run with onnxruntime at ORT_DISABLE_ALL (its own fusions would otherwise fold the
+original's BN too and hide any error), in a child process: onnxruntime can crash the whole
+process on some valid models (a segmentation fault on opset-9 BN with empty optional outputs),
+and a crash must become a clear report, not take bnfold down. Where onnxruntime has no kernel
+for the model (float64 or bfloat16 Conv on CPU), both run with onnx's reference evaluator
+instead, and the result says which backend measured it. Nothing is reported as passing that did
+not run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import onnx
+
+
+
+@dataclass(frozen=True)
+class OutputComparison:
+    """Errors of one graph output. ``max_rel`` is taken over elements with ``|original| > atol``."""
+
+    name: str
+    dtype: str
+    shape: list[int]
+    max_abs: float
+    max_rel: float
+    atol: float
+    rtol: float
+    passed: bool
+
+
+@dataclass
+class ValidationResult:
+    """Outcome of ``validate``.
+
+    ``passed`` is True only when both models ran and every output is within tolerance. When they
+    could not be run, ``error`` says why and ``passed`` is False.
+    """
+
+    passed: bool
+    outputs: list[OutputComparison] = field(default_factory=list)
+    backend: str = ""
+    inputs: dict[str, list[int]] = field(default_factory=dict)
+    seed: int = 0
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def parse_input_shapes(specs: list[str] | tuple[str, ...]) -> dict[str, list[int]]:
+    """Parse ``name=1x3x224x224`` specs (the CLI's ``--input-shape``) into a dict; ValueError if malformed."""
+    shapes: dict[str, list[int]] = {}
+    for spec in specs:
+        name, sep, dims = spec.rpartition("=")
+        try:
+            shape = [int(d) for d in dims.lower().split("x")] if dims else []
+        except ValueError:
+            shape = []
+        if not sep or not name or not shape or any(d < 0 for d in shape):
+            raise ValueError(f"bad input shape '{spec}': expected NAME=DIMxDIMx... e.g. input=1x3x224x224")
+        shapes[name] = shape
+    return shapes
+
+
+def _as_path(model: onnx.ModelProto | str | os.PathLike, workdir: str, name: str) -> str:
+    if isinstance(model, onnx.ModelProto):
+        path = os.path.join(workdir, name)
+        onnx.save(model, path, save_as_external_data=model.ByteSize() > 2**31 - 1)
+        return path
+    return os.fspath(model)
+
+
+def validate(
+    original: onnx.ModelProto | str | os.PathLike,
+    folded: onnx.ModelProto | str | os.PathLike,
+    *,
+    input_shapes: dict[str, list[int]] | None = None,
+    atol: float | None = None,
+    rtol: float | None = None,
+    seed: int = 0,
+    timeout: float | None = None,
+) -> ValidationResult:
+    """Run both models on seeded random inputs and compare every output.
+
+    Args:
+        original, folded: models or paths to them.
+        input_shapes: shapes for inputs with symbolic dimensions (others default to 1).
+        atol, rtol: override the dtype-aware defaults of ``bnfold.tolerances``.
+        seed: seed of the random inputs.
+        timeout: seconds before the run is abandoned (None: no limit).
+    """
+    with tempfile.TemporaryDirectory(prefix="bnfold-validate-") as workdir:
+        request = {
+            "original": _as_path(original, workdir, "original.onnx"),
+            "folded": _as_path(folded, workdir, "folded.onnx"),
+            "input_shapes": input_shapes or {},
+            "seed": seed,
+            "atol": atol,
+            "rtol": rtol,
+            "result": os.path.join(workdir, "result.json"),
+            "progress": os.path.join(workdir, "progress.txt"),
+        }
+        request_path = os.path.join(workdir, "request.json")
+        Path(request_path).write_text(json.dumps(request))
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-m", "bnfold._validate_worker", request_path],
+                capture_output=True, text=True, timeout=timeout,
+            )
+        except subprocess.TimeoutExpired:
+            return ValidationResult(False, seed=seed, error=f"validation did not finish within {timeout:g} s")
+        if proc.returncode != 0 or not os.path.exists(request["result"]):
+            return ValidationResult(False, seed=seed, error=_crash_message(proc, request["progress"]))
+        raw = json.loads(Path(request["result"]).read_text())
+    return _judge(raw, seed)
+
+
+def _crash_message(proc: subprocess.CompletedProcess, progress_path: str) -> str:
+    stage = Path(progress_path).read_text().strip() if os.path.exists(progress_path) else "starting"
+    if proc.returncode < 0:
+        try:
+            sig = signal.Signals(-proc.returncode).name
+        except ValueError:
+            sig = f"signal {-proc.returncode}"
+        return f"the runtime crashed ({sig}) while {stage}"
+    last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
+    return f"validation failed while {stage}: {last}"
+
+
+def _judge(raw: dict, seed: int) -> ValidationResult:
+    outputs = [OutputComparison(**out) for out in raw.get("outputs", [])]
+    error = raw.get("error")
+    passed = error is None and bool(outputs) and all(o.passed for o in outputs)
+    return ValidationResult(passed, outputs, raw.get("backend", ""), raw.get("inputs", {}), seed, error)
