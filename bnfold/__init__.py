@@ -24,6 +24,8 @@ _EXPORTS = {
     "Refusal": "bnfold.rules.base",
     "BnfoldError": "bnfold.errors",
     "load_model": "bnfold.io",
+    "optimize": "bnfold.pipeline",
+    "Report": "bnfold.pipeline",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

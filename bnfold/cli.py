@@ -1,0 +1,109 @@
+"""The ``bnfold`` command line.
+
+Exit codes: 0 success; 1 validation failed (nothing written); 2 usage error or unusable model
+(one line on stderr, no traceback unless ``--debug``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+EXIT_OK, EXIT_VALIDATION_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _fail(message: str) -> None:
+    click.echo(f"bnfold: error: {' '.join(message.split())}", err=True)
+
+
+class _BnfoldGroup(click.Group):
+    """Turns every error into one line on stderr and an exit code; ``--debug`` shows tracebacks."""
+
+    def main(self, args=None, prog_name=None, **extra):
+        args = list(sys.argv[1:] if args is None else args)
+        debug = "--debug" in args
+        extra.pop("standalone_mode", None)
+        from .errors import BnfoldError
+
+        try:
+            code = super().main(args, prog_name=prog_name or "bnfold", standalone_mode=False, **extra)
+        except click.ClickException as exc:
+            _fail(exc.format_message())
+            code = EXIT_USAGE
+        except click.Abort:
+            _fail("aborted")
+            code = EXIT_USAGE
+        except BnfoldError as exc:
+            if debug:
+                raise
+            _fail(str(exc))
+            code = EXIT_USAGE
+        except Exception as exc:  # a bug or a model shape we did not foresee: still one line
+            if debug:
+                raise
+            _fail(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)")
+            code = EXIT_USAGE
+        sys.exit(code or 0)
+
+
+@click.group(cls=_BnfoldGroup)
+@click.version_option(package_name="bnfold")
+def cli() -> None:
+    """Fold BatchNormalization into the linear op next to it, prove nothing changed, report."""
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=True, path_type=str))
+@click.option("-o", "--output", type=click.Path(path_type=str), help="Output file (default: <stem>.folded.onnx beside MODEL).")
+@click.option("--in-place", is_flag=True, help="Replace MODEL with the folded model (atomically).")
+@click.option("--validate/--no-validate", default=True, show_default=True,
+              help="Run original and folded model with onnxruntime and compare outputs.")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS",
+              help="Shape for an input with symbolic dims, e.g. input=1x3x224x224 (repeatable; default 1 per symbolic dim).")
+@click.option("--atol", type=float, default=None, help="Absolute tolerance (default per dtype: float32 1e-4, float16 1e-2).")
+@click.option("--rtol", type=float, default=None, help="Relative tolerance (default per dtype: float32 1e-3, float16 1e-2).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random validation inputs.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def optimize(model, output, in_place, validate, input_shapes, atol, rtol, seed, as_json, debug) -> int:
+    """Fold MODEL and write the result, validated, atomically.
+
+    \b
+    Example:
+      bnfold optimize models/resnet_stack.onnx -o resnet_stack.folded.onnx
+    """
+    from .errors import BnfoldError
+    from .pipeline import optimize as run_optimize
+    from .validation import parse_input_shapes
+
+    try:
+        shapes = parse_input_shapes(input_shapes)
+    except ValueError as exc:
+        raise BnfoldError(str(exc)) from None
+    report = run_optimize(model, output, in_place=in_place, validate_output=validate, input_shapes=shapes,
+                          atol=atol, rtol=rtol, seed=seed)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        from rich.console import Console
+
+        from .report import render
+
+        render(report, Console(highlight=False, soft_wrap=False))
+    if not report.ok:
+        v = report.validation
+        why = v.error if v.error else "outputs differ beyond tolerance"
+        _fail(f"{model}: validation failed ({why}); nothing written")
+        return EXIT_VALIDATION_FAILED
+    return EXIT_OK
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli.main()
+
+
+if __name__ == "__main__":
+    main()

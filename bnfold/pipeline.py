@@ -1,0 +1,122 @@
+"""``optimize``: the file-to-file step behind ``bnfold optimize``: load, fold, validate, write.
+
+The output is written to a temporary file beside the destination, validated from there, and
+renamed into place only when validation passed: after any failure no output file exists and
+the input is untouched (it is only ever read, unless the destination is the input itself).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import BnfoldError
+from .folding import FoldResult, fold
+from .io import atomic_output, load_model, write_model
+from .validation import ValidationResult, validate
+
+
+@dataclass
+class Report:
+    """What ``optimize`` did to one file; ``to_dict`` is the ``--json`` document."""
+
+    input: str
+    output: str | None
+    result: FoldResult
+    validation: ValidationResult | None
+    written: bool
+    input_bytes: int
+    output_bytes: int | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.validation is None or self.validation.passed
+
+    def to_dict(self) -> dict:
+        r = self.result
+        return {
+            "input": self.input,
+            "output": self.output if self.written else None,
+            "written": self.written,
+            "ok": self.ok,
+            "folds": [f.to_dict() for f in r.folds],
+            "refusals": [x.to_dict() for x in r.refusals],
+            "validation": None if self.validation is None else self.validation.to_dict(),
+            "before": {**r.before.to_dict(), "file_bytes": self.input_bytes},
+            "after": {**r.after.to_dict(), "file_bytes": self.output_bytes},
+            "seconds": self.timings,
+        }
+
+
+def default_output(src: str | os.PathLike) -> Path:
+    """``dir/model.onnx`` → ``dir/model.folded.onnx``."""
+    src = Path(src)
+    return src.with_name(f"{src.stem}.folded{src.suffix or '.onnx'}")
+
+
+def optimize(
+    src: str | os.PathLike,
+    dst: str | os.PathLike | None = None,
+    *,
+    in_place: bool = False,
+    validate_output: bool = True,
+    input_shapes: dict[str, list[int]] | None = None,
+    atol: float | None = None,
+    rtol: float | None = None,
+    seed: int = 0,
+) -> Report:
+    """Fold ``src`` and write the result to ``dst`` (default ``<stem>.folded.onnx`` beside it).
+
+    Raises BnfoldError for unusable input or arguments. When validation fails the report says so
+    (``report.ok`` is False) and nothing is written.
+    """
+    try:
+        return _optimize(src, dst, in_place, validate_output, input_shapes, atol, rtol, seed)
+    except _ValidationFailed as failed:
+        return failed.report
+
+
+def _optimize(src, dst, in_place, validate_output, input_shapes, atol, rtol, seed) -> Report:
+    src = Path(src)
+    if in_place and dst is not None and Path(dst).resolve() != src.resolve():
+        raise BnfoldError("--in-place and an output path contradict each other; give one")
+    dst = src if in_place else Path(dst) if dst is not None else default_output(src)
+    if not in_place and dst.exists() and src.exists() and dst.resolve() == src.resolve():
+        raise BnfoldError(f"{dst}: the output would overwrite the input; pass --in-place to do that")
+    if dst.is_dir():
+        raise BnfoldError(f"{dst}: the output path is a directory")
+    if not dst.parent.is_dir():
+        raise BnfoldError(f"{dst}: the output folder {dst.parent} does not exist")
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    model = load_model(src)
+    timings["load"] = time.perf_counter() - start
+    result = fold(model)
+    timings["fold"] = result.seconds
+    report = Report(str(src), str(dst), result, None, False, src.stat().st_size)
+    with atomic_output(dst) as tmp:
+        start = time.perf_counter()
+        report.output_bytes = write_model(result.model, tmp)
+        timings["save"] = time.perf_counter() - start
+        if validate_output and result.changed:
+            start = time.perf_counter()
+            report.validation = validate(src, tmp, input_shapes=input_shapes, atol=atol, rtol=rtol, seed=seed)
+            timings["validate"] = time.perf_counter() - start
+            if not report.validation.passed:
+                report.output_bytes = None
+                report.timings = timings
+                raise _ValidationFailed(report)
+    report.written = True
+    report.timings = timings
+    return report
+
+
+class _ValidationFailed(Exception):
+    """Unwinds ``atomic_output`` (removing the temporary file) while carrying the report out."""
+
+    def __init__(self, report: Report):
+        super().__init__("validation failed")
+        self.report = report

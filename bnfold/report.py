@@ -1,0 +1,77 @@
+"""Human-readable rendering of an optimize Report (rich tables). JSON comes from ``Report.to_dict``."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from .pipeline import Report
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _change(before: int, after: int | None) -> str:
+    if after is None or before == 0:
+        return ""
+    return f"{(after - before) / before:+.1%}"
+
+
+def render(report: Report, console: Console) -> None:
+    """Print folds, refusals, validation and before/after figures."""
+    r = report.result
+    target = report.output if report.written else "(nothing written)"
+    console.print(f"[bold]bnfold optimize[/] {report.input} → {target}")
+
+    if r.folds:
+        table = Table(title=f"Folded ({len(r.folds)})", title_justify="left")
+        for col in ("node", "into", "rule", "graph"):
+            table.add_column(col)
+        for f in r.folds:
+            table.add_row(f"{f.op} '{f.node}'", f"{f.into_op} '{f.into}'", f.rule, f.graph)
+        console.print(table)
+    else:
+        console.print("Folded: nothing")
+
+    if r.refusals:
+        table = Table(title=f"Not folded ({len(r.refusals)})", title_justify="left")
+        for col in ("node", "rule", "reason"):
+            table.add_column(col, overflow="fold")
+        for x in r.refusals:
+            table.add_row(f"{x.op} '{x.node}'", x.rule, x.reason)
+        console.print(table)
+
+    v = report.validation
+    if v is None:
+        console.print("Validation: not run" + (" (nothing folded)" if not r.folds else " (--no-validate)"))
+    elif v.error:
+        console.print(f"[red]Validation could not run[/]: {v.error}")
+    else:
+        status = "[green]passed[/]" if v.passed else "[red]FAILED[/]"
+        shapes = ", ".join(f"{k}={'x'.join(map(str, s))}" for k, s in v.inputs.items())
+        console.print(f"Validation {status}: {v.backend}, seed {v.seed}, inputs {shapes}")
+        table = Table(title_justify="left")
+        for col in ("output", "dtype", "max abs err", "max rel err", "atol", "rtol", "ok"):
+            table.add_column(col)
+        for o in v.outputs:
+            table.add_row(o.name, o.dtype, f"{o.max_abs:.3g}", f"{o.max_rel:.3g}", f"{o.atol:g}", f"{o.rtol:g}",
+                          "yes" if o.passed else "[red]NO[/]")
+        console.print(table)
+
+    table = Table(title="Model", title_justify="left")
+    for col in ("", "before", "after", "change"):
+        table.add_column(col, justify="right")
+    table.add_row("nodes", str(r.before.nodes), str(r.after.nodes), _change(r.before.nodes, r.after.nodes))
+    table.add_row("parameters", f"{r.before.parameters:,}", f"{r.after.parameters:,}",
+                  _change(r.before.parameters, r.after.parameters))
+    table.add_row("file size", _size(report.input_bytes), _size(report.output_bytes),
+                  _change(report.input_bytes, report.output_bytes))
+    console.print(table)
+    console.print("Time: " + ", ".join(f"{k} {v:.3f} s" for k, v in report.timings.items()))
