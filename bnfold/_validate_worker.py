@@ -91,6 +91,38 @@ def _no_kernel(exc: Exception) -> bool:
     return "NOT_IMPLEMENTED" in text or "Could not find an implementation" in text or "not supported" in text.lower()
 
 
+def _reference_batchnorm():
+    """BatchNormalization for onnx.reference with the spec's mode selection.
+
+    onnx.reference 1.23 applies batch statistics to every BN before opset 14 (it defaults
+    is_test/training to on), which would make a correct fold look wrong. Here: training mode when
+    ``training_mode=1`` or a statistics output is declared (the pre-14 rule), inference otherwise.
+    """
+    from onnx.reference.op_run import OpRun
+
+    class BatchNormalization(OpRun):
+        op_domain = ""
+
+        def _run(self, x, scale, bias, mean, var, epsilon=None, momentum=None, training_mode=None,
+                 spatial=None, is_test=None):
+            eps = 1e-5 if epsilon is None else epsilon
+            mom = 0.9 if momentum is None else momentum
+            declared = [o for o in self.onnx_node.output[1:] if o]
+            shape = (1, -1) + (1,) * (x.ndim - 2)
+            if not (training_mode or declared):
+                y = (x - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + eps)
+                return ((y * scale.reshape(shape) + bias.reshape(shape)).astype(x.dtype),)
+            axes = (0,) + tuple(range(2, x.ndim))
+            batch_mean, batch_var = x.mean(axis=axes), x.var(axis=axes)
+            y = (x - batch_mean.reshape(shape)) / np.sqrt(batch_var.reshape(shape) + eps)
+            y = (y * scale.reshape(shape) + bias.reshape(shape)).astype(x.dtype)
+            running = (mean * mom + batch_mean * (1 - mom), var * mom + batch_var * (1 - mom))
+            extra = (*running, batch_mean, batch_var)[: len(self.onnx_node.output) - 1]
+            return (y, *(e.astype(mean.dtype) for e in extra))
+
+    return BatchNormalization
+
+
 def run_pair(original, folded, feeds, progress: str) -> tuple[str, list, list]:
     """Outputs of both models with the same backend: onnxruntime, or onnx.reference where ORT has no kernel."""
     try:
@@ -107,7 +139,8 @@ def run_pair(original, folded, feeds, progress: str) -> tuple[str, list, list]:
             raise CannotRun(f"onnxruntime cannot load the model: {' '.join(str(exc).split())[:300]}") from None
         from onnx.reference import ReferenceEvaluator
 
-        sessions = [ReferenceEvaluator(original), ReferenceEvaluator(folded)]
+        bn = _reference_batchnorm()
+        sessions = [ReferenceEvaluator(original, new_ops=[bn]), ReferenceEvaluator(folded, new_ops=[bn])]
         backend = "onnx.reference (onnxruntime has no kernel for this model)"
         ort_feeds = feeds
     results = []

@@ -309,8 +309,9 @@ def conv_bn_model(
         dtype: ``np.float32``, ``np.float16``, ``np.float64`` or
             ``"bfloat16"``.  Input, weights and BN parameters all use it.
             ONNX only allows bfloat16 Conv from opset 22 (ir_version >= 10).
-        opset, ir_version: written as given; incompatible pairs are left
-            for the checker to reject.  ``ir_version < 4`` lists every
+        opset, ir_version: written as given.  Incompatible pairs are not
+            corrected (note that onnx 1.23's checker accepts e.g. opset 21
+            with ir_version 8).  ``ir_version < 4`` lists every
             initializer as a graph input (the IR 3 rule).
         params: how the BN parameters are produced, one of ``PARAM_MODES``:
             ``"initializer"`` plain initializers; ``"constant"`` Constant
@@ -323,6 +324,9 @@ def conv_bn_model(
             ``graph.input``.
         eps: BN epsilon.
         training_mode: BN ``training_mode`` attribute (opset >= 14), or None.
+            onnx requires a training-mode BN to declare all 3 outputs, so
+            ``training_mode=1`` alone yields a model that fails the full
+            check; combine it with ``bn_extra_outputs="used"``.
         spatial_attr: BN ``spatial`` attribute (opsets 6-8), or None.
         bn_extra_outputs: ``"none"``: the BN has the single output.
             ``"empty"``: all optional BN outputs are declared with empty

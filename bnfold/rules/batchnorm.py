@@ -44,6 +44,10 @@ def check_inference_only(bn: gs.Node, graph: FoldGraph) -> None:
     for label, out in zip(_EXTRA_OUTPUTS, bn.outputs[1:]):
         if out.name and graph.is_used(out):
             raise NoFold(f"its {label} output '{out.name}' is used")
+        if out.name and graph.opset < 14:
+            # Before opset 14 the number of outputs selects the mode: declaring the statistics
+            # outputs means training mode (batch statistics), and onnxruntime computes it so.
+            raise NoFold(f"it declares its {label} output '{out.name}', which means training mode before opset 14")
 
 
 def read_affine(bn: gs.Node, graph: FoldGraph, channels: int) -> BatchNormAffine:
