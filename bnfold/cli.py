@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import traceback
 
 import click
 
@@ -29,6 +30,9 @@ class _BnfoldGroup(click.Group):
 
         try:
             code = super().main(args, prog_name=prog_name or "bnfold", standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            click.echo(exc.ctx.get_help(), err=True)
+            code = EXIT_USAGE
         except click.ClickException as exc:
             _fail(exc.format_message())
             code = EXIT_USAGE
@@ -37,13 +41,14 @@ class _BnfoldGroup(click.Group):
             code = EXIT_USAGE
         except BnfoldError as exc:
             if debug:
-                raise
+                traceback.print_exc()
             _fail(str(exc))
             code = EXIT_USAGE
         except Exception as exc:  # a bug or a model shape we did not foresee: still one line
             if debug:
-                raise
-            _fail(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)")
+                traceback.print_exc()
+            detail = str(exc) if isinstance(exc, _InternalError) else f"{type(exc).__name__}: {exc}"
+            _fail(f"internal error: {detail} (run with --debug for the traceback)")
             code = EXIT_USAGE
         sys.exit(code or 0)
 
@@ -56,7 +61,7 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=True, path_type=str))
-@click.option("-o", "--output", type=click.Path(path_type=str), help="Output file (default: <stem>.folded.onnx beside MODEL).")
+@click.option("-o", "--output", type=click.Path(path_type=str), help="Output file (default: MODEL's name with .folded before its suffix, beside it).")
 @click.option("--in-place", is_flag=True, help="Replace MODEL with the folded model (atomically).")
 @click.option("--validate/--no-validate", default=True, show_default=True,
               help="Run original and folded model with onnxruntime and compare outputs.")
@@ -82,8 +87,13 @@ def optimize(model, output, in_place, validate, input_shapes, atol, rtol, seed, 
         shapes = parse_input_shapes(input_shapes)
     except ValueError as exc:
         raise BnfoldError(str(exc)) from None
-    report = run_optimize(model, output, in_place=in_place, validate_output=validate, input_shapes=shapes,
-                          atol=atol, rtol=rtol, seed=seed)
+    try:
+        report = run_optimize(model, output, in_place=in_place, validate_output=validate, input_shapes=shapes,
+                              atol=atol, rtol=rtol, seed=seed)
+    except BnfoldError:
+        raise
+    except Exception as exc:  # name the file in the one-line error
+        raise _InternalError(model, exc) from exc
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
@@ -98,6 +108,11 @@ def optimize(model, output, in_place, validate, input_shapes, atol, rtol, seed, 
         _fail(f"{model}: validation failed ({why}); nothing written")
         return EXIT_VALIDATION_FAILED
     return EXIT_OK
+
+
+class _InternalError(Exception):
+    def __init__(self, model: str, exc: Exception):
+        super().__init__(f"{model}: {type(exc).__name__}: {exc}")
 
 
 def main() -> None:

@@ -69,12 +69,23 @@ def atomic_output(dest: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent or ".")
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, _mode_for(dest))  # mkstemp makes 0600; the result should look like any other file
     try:
         yield tmp_path
         os.replace(tmp_path, dest)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+
+
+def _mode_for(dest: Path) -> int:
+    """The destination's current mode when replacing it, else what the umask gives a new file."""
+    try:
+        return dest.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def write_model(model: onnx.ModelProto, path: str | os.PathLike) -> int:

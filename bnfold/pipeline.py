@@ -81,20 +81,25 @@ def optimize(
 
 def _optimize(src, dst, in_place, validate_output, input_shapes, atol, rtol, seed) -> Report:
     src = Path(src)
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    model = load_model(src)
+    timings["load"] = time.perf_counter() - start
     if in_place and dst is not None and Path(dst).resolve() != src.resolve():
         raise BnfoldError("--in-place and an output path contradict each other; give one")
-    dst = src if in_place else Path(dst) if dst is not None else default_output(src)
-    if not in_place and dst.exists() and src.exists() and dst.resolve() == src.resolve():
+    # In place through a symlink replaces the file it points to, not the link.
+    dst = Path(os.path.realpath(src)) if in_place else Path(dst) if dst is not None else default_output(src)
+    if not in_place and dst.exists() and dst.resolve() == src.resolve():
         raise BnfoldError(f"{dst}: the output would overwrite the input; pass --in-place to do that")
     if dst.is_dir():
         raise BnfoldError(f"{dst}: the output path is a directory")
     if not dst.parent.is_dir():
         raise BnfoldError(f"{dst}: the output folder {dst.parent} does not exist")
-    timings: dict[str, float] = {}
-    start = time.perf_counter()
-    model = load_model(src)
-    timings["load"] = time.perf_counter() - start
-    result = fold(model)
+    _check_input_shapes(src, model, input_shapes or {})
+    try:
+        result = fold(model)
+    except UnicodeDecodeError:
+        raise BnfoldError(f"{src}: invalid ONNX model (a text field is not valid UTF-8)") from None
     timings["fold"] = result.seconds
     report = Report(str(src), str(dst), result, None, False, src.stat().st_size)
     with atomic_output(dst) as tmp:
@@ -112,6 +117,17 @@ def _optimize(src, dst, in_place, validate_output, input_shapes, atol, rtol, see
     report.written = True
     report.timings = timings
     return report
+
+
+def _check_input_shapes(src: Path, model, shapes: dict[str, list[int]]) -> None:
+    inits = {t.name for t in model.graph.initializer}
+    names = {i.name for i in model.graph.input if i.name not in inits}
+    unknown = sorted(set(shapes) - names)
+    if unknown:
+        raise BnfoldError(
+            f"{src}: --input-shape names no input of the model: {', '.join(unknown)} "
+            f"(inputs: {', '.join(sorted(names)) or 'none'})"
+        )
 
 
 class _ValidationFailed(Exception):

@@ -66,8 +66,8 @@ def parse_input_shapes(specs: list[str] | tuple[str, ...]) -> dict[str, list[int
             shape = [int(d) for d in dims.lower().split("x")] if dims else []
         except ValueError:
             shape = []
-        if not sep or not name or not shape or any(d < 0 for d in shape):
-            raise ValueError(f"bad input shape '{spec}': expected NAME=DIMxDIMx... e.g. input=1x3x224x224")
+        if not sep or not name or not shape or any(d < 1 for d in shape):
+            raise ValueError(f"bad input shape '{spec}': expected NAME=DIMxDIMx... with dims >= 1, e.g. input=1x3x224x224")
         shapes[name] = shape
     return shapes
 

@@ -1,0 +1,312 @@
+"""``bnfold.validate``: runs original and folded model in a child process and compares outputs.
+
+What a passing result means: both models ran and every output is within tolerance. Nothing may be
+reported as passing that was not measured, and a runtime crash must become a clear error.
+"""
+
+from __future__ import annotations
+
+import copy
+import stat
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import helper, numpy_helper
+
+import bnfold
+import builders
+from bnfold._validate_worker import make_inputs
+from bnfold.tolerances import DEFAULT_TOLERANCES
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def fold_pair(**kwargs) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """A ``builders.conv_bn_model(**kwargs)`` and its fold (which must have folded the BN)."""
+    original = builders.conv_bn_model(**kwargs)
+    result = bnfold.fold(original)
+    assert [f.node for f in result.folds] == ["bn"]
+    return original, result.model
+
+
+def perturbed(model: onnx.ModelProto, name: str = "W", delta: float = 0.05) -> onnx.ModelProto:
+    """A copy of ``model`` with one element of initializer ``name`` moved by ``delta``."""
+    model = copy.deepcopy(model)
+    [tensor] = [t for t in model.graph.initializer if t.name == name]
+    array = numpy_helper.to_array(tensor).copy()
+    array.flat[0] += delta
+    tensor.CopyFrom(numpy_helper.from_array(array, name))
+    return model
+
+
+def folded_weight_name(model: onnx.ModelProto) -> str:
+    [conv] = [n for n in model.graph.node if n.op_type == "Conv"]
+    return conv.input[1]
+
+
+def ort_outputs(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)
+
+
+def symbolic_spatial_model() -> onnx.ModelProto:
+    """Unpadded 3x3 Conv+BN on input [1, 4, H, W]: with H = W = 1 (the default) it cannot run."""
+    model = builders.conv_bn_model()
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_param, dims[3].dim_param = "H", "W"
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def bn_in_local_function_model() -> onnx.ModelProto:
+    """Conv -> local function 'BNFn' whose body is an opset-9 BN with empty optional outputs.
+
+    onnxruntime inlines the function and segfaults on that BN exactly as on a top-level one.
+    """
+    base = builders.conv_bn_model(opset=9)
+    [bn] = [n for n in base.graph.node if n.op_type == "BatchNormalization"]
+    body = helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y", "", "", "", ""], epsilon=1e-5)
+    function = helper.make_function("local", "BNFn", ["x", "s", "b", "m", "v"], ["y"], [body],
+                                    [helper.make_opsetid("", 9)])
+    call = helper.make_node("BNFn", list(bn.input), list(bn.output), name="bn", domain="local")
+    nodes = [call if n is bn else n for n in base.graph.node]
+    graph = helper.make_graph(nodes, "g", base.graph.input, base.graph.output, base.graph.initializer)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9), helper.make_opsetid("local", 1)],
+                              ir_version=8, functions=[function])
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return fold_pair()
+
+
+@pytest.fixture(scope="module")
+def correct(pair):
+    """The validation of a correct fold with every default (computed once: each run spawns a process)."""
+    return bnfold.validate(*pair)
+
+
+# ---------------------------------------------------------------------------------------------
+# correct and wrong folds
+# ---------------------------------------------------------------------------------------------
+
+
+def test_correct_fold_passes_with_small_nonzero_error(correct):
+    assert correct.passed and correct.error is None
+    assert correct.backend.startswith("onnxruntime")
+    assert correct.inputs == {"X": [1, 4, 8, 8]} and correct.seed == 0
+    [out] = correct.outputs
+    assert (out.name, out.dtype, out.shape, out.passed) == ("Y", "float32", [1, 8, 6, 6], True)
+    assert 0 < out.max_abs <= out.atol  # folding moved the rounding, within tolerance
+    assert 0 < out.max_rel
+
+
+def test_reported_errors_are_the_real_ones(pair, correct):
+    """max_abs is the measured difference of the two models on the inputs the worker generated."""
+    original, folded = pair
+    feeds = make_inputs(original, {}, seed=0)
+    assert {k: list(v.shape) for k, v in feeds.items()} == correct.inputs
+    [ref], [got] = ort_outputs(original, feeds), ort_outputs(folded, feeds)
+    diff = np.abs(got.astype(np.float64) - ref.astype(np.float64))
+    assert correct.outputs[0].max_abs == pytest.approx(diff.max(), rel=1e-6)
+
+
+def test_validate_accepts_paths(pair, correct, tmp_path):
+    paths = []
+    for name, model in zip(("original.onnx", "folded.onnx"), pair):
+        onnx.save(model, tmp_path / name)
+        paths.append(tmp_path / name)
+    assert bnfold.validate(str(paths[0]), paths[1]) == correct
+
+
+def test_wrong_fold_fails(pair):
+    original, folded = pair
+    wrong = perturbed(folded, folded_weight_name(folded))
+
+    result = bnfold.validate(original, wrong)
+
+    assert result.passed is False and result.error is None  # it ran, and it measured a difference
+    [out] = result.outputs
+    assert out.passed is False and out.max_abs > 10 * out.atol
+
+
+def test_wrong_output_shape_fails(pair):
+    original, _ = pair
+    other = bnfold.fold(builders.conv_bn_model(c_out=4)).model  # same output name, 4 channels instead of 8
+
+    result = bnfold.validate(original, other)
+
+    assert result.passed is False
+    [out] = result.outputs
+    assert out.passed is False and out.max_abs == float("inf")
+
+
+def test_missing_output_fails():
+    """A folded model that lost a graph output cannot pass: that output was never compared."""
+    original = builders.conv_bn_model(conv_out_is_graph_output=True)
+    assert [o.name for o in original.graph.output] == ["Y", "conv_out"]
+    truncated = copy.deepcopy(original)
+    del truncated.graph.output[1]
+
+    result = bnfold.validate(original, truncated)
+
+    assert result.passed is False
+
+
+# ---------------------------------------------------------------------------------------------
+# input shapes
+# ---------------------------------------------------------------------------------------------
+
+
+def test_symbolic_dims_default_to_one_and_input_shapes_override():
+    original, folded = fold_pair(symbolic_batch=True)
+
+    default = bnfold.validate(original, folded)
+    given = bnfold.validate(original, folded, input_shapes={"X": [3, 4, 8, 8]})
+
+    assert default.passed and default.inputs == {"X": [1, 4, 8, 8]}
+    assert default.outputs[0].shape == [1, 8, 6, 6]
+    assert given.passed and given.inputs == {"X": [3, 4, 8, 8]}
+    assert given.outputs[0].shape == [3, 8, 6, 6]
+
+
+def test_input_shapes_naming_no_input_is_an_error(pair):
+    result = bnfold.validate(*pair, input_shapes={"nope": [1, 4, 8, 8]})
+
+    assert result.passed is False and result.outputs == []
+    assert "nope" in result.error and "no input" in result.error
+
+
+def test_model_that_cannot_run_with_default_shape_says_input_shape():
+    original = symbolic_spatial_model()
+    folded = bnfold.fold(original).model
+
+    failed = bnfold.validate(original, folded)
+    fixed = bnfold.validate(original, folded, input_shapes={"X": [1, 4, 8, 8]})
+
+    assert failed.passed is False and failed.outputs == []
+    assert "--input-shape" in failed.error and "X" in failed.error
+    assert failed.inputs == {"X": [1, 4, 1, 1]}
+    assert fixed.passed and fixed.inputs == {"X": [1, 4, 8, 8]}
+
+
+def test_zero_sized_input_is_not_a_pass():
+    """An empty batch compares zero elements: nothing was measured, so it must not pass."""
+    original, folded = fold_pair(symbolic_batch=True)
+
+    result = bnfold.validate(original, folded, input_shapes={"X": [0, 4, 8, 8]})
+
+    assert result.passed is False
+
+
+# ---------------------------------------------------------------------------------------------
+# backends, crashes
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype, model_kwargs", [
+    ("float64", {"dtype": np.float64}),
+    ("bfloat16", {"dtype": "bfloat16", "opset": 22, "ir_version": 10}),
+])
+def test_no_onnxruntime_kernel_falls_back_to_reference(dtype, model_kwargs):
+    original, folded = fold_pair(**model_kwargs)
+
+    good = bnfold.validate(original, folded)
+    bad = bnfold.validate(original, perturbed(folded, folded_weight_name(folded), delta=0.5))
+
+    for result in (good, bad):
+        assert "onnx.reference" in result.backend and result.error is None
+        assert result.outputs[0].dtype == dtype
+    assert good.passed and 0 < good.outputs[0].max_abs <= good.outputs[0].atol
+    assert (good.outputs[0].atol, good.outputs[0].rtol) == (DEFAULT_TOLERANCES[dtype].atol,
+                                                            DEFAULT_TOLERANCES[dtype].rtol)
+    assert not bad.passed and not bad.outputs[0].passed and bad.outputs[0].max_abs > bad.outputs[0].atol
+
+
+def test_opset9_bn_with_empty_outputs_does_not_crash():
+    """onnxruntime segfaults on this original model in-process; the worker strips the empty outputs."""
+    original, folded = fold_pair(opset=9, bn_extra_outputs="empty")
+    [bn] = [n for n in original.graph.node if n.op_type == "BatchNormalization"]
+    assert list(bn.output) == ["Y", "", "", "", ""]
+
+    result = bnfold.validate(original, folded)
+
+    assert result.passed and result.error is None
+    assert result.backend.startswith("onnxruntime") and 0 < result.outputs[0].max_abs
+
+
+def test_bn_with_empty_outputs_inside_a_local_function_does_not_crash():
+    model = bn_in_local_function_model()
+
+    result = bnfold.validate(model, model)
+
+    assert result.error is None and result.passed
+
+
+def test_killed_worker_is_reported_as_a_crash(pair, tmp_path, monkeypatch):
+    """If the validation process dies from a signal (segfault, OOM killer) the error says so."""
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\nkill -KILL $$\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setattr("sys.executable", str(fake))
+
+    result = bnfold.validate(*pair)
+
+    assert result.passed is False and result.outputs == []
+    assert "crashed" in result.error and "SIGKILL" in result.error
+
+
+def test_timeout_is_an_error_not_a_pass(pair):
+    result = bnfold.validate(*pair, timeout=0.001)
+    assert result.passed is False and "did not finish" in result.error
+
+
+# ---------------------------------------------------------------------------------------------
+# tolerances and seeds
+# ---------------------------------------------------------------------------------------------
+
+
+def test_default_tolerances_come_from_bnfold_tolerances(correct):
+    assert (DEFAULT_TOLERANCES["float32"].atol, DEFAULT_TOLERANCES["float32"].rtol) == (1e-4, 1e-3)
+    out = correct.outputs[0]
+    assert (out.atol, out.rtol) == (1e-4, 1e-3)
+
+
+@pytest.mark.parametrize("atol, rtol, passed", [
+    (0.0, 0.0, False),  # the few-ulp error of a correct fold is no longer tolerated
+    (None, 0.0, True),  # rtol alone overridden: the default atol still covers the error
+    (1e-3, None, True),
+])
+def test_tolerance_overrides_apply(pair, correct, atol, rtol, passed):
+    result = bnfold.validate(*pair, atol=atol, rtol=rtol)
+
+    [out] = result.outputs
+    assert (out.atol, out.rtol) == (1e-4 if atol is None else atol, 1e-3 if rtol is None else rtol)
+    assert out.max_abs == correct.outputs[0].max_abs  # same seed: same inputs, same error
+    assert out.passed is passed and result.passed is passed
+
+
+def test_large_override_lets_a_wrong_fold_pass(pair):
+    """Overrides are honoured even when they make a wrong fold pass (the user asked for it)."""
+    original, folded = pair
+    result = bnfold.validate(original, perturbed(folded, folded_weight_name(folded)), atol=10.0)
+
+    assert result.passed and result.outputs[0].atol == 10.0 and result.outputs[0].max_abs > 1e-3
+
+
+def test_same_seed_same_numbers_other_seed_other_inputs(pair, correct):
+    again = bnfold.validate(*pair, seed=0)
+    other = bnfold.validate(*pair, seed=1)
+
+    assert again.to_dict() == correct.to_dict()
+    assert other.seed == 1 and other.passed
+    assert other.outputs[0].max_abs != correct.outputs[0].max_abs
