@@ -71,12 +71,16 @@ def _to_proto_attr(value):
     return value
 
 
+def _label(node: gs.Node) -> str:
+    return f"'{node.name}', " if node.name else ""
+
+
 def evaluate_node(node: gs.Node, inputs: list[np.ndarray | None], opset: int) -> list[np.ndarray]:
     """Compute the outputs of ``node`` given its constant ``inputs`` (None for omitted optionals)."""
     if node.domain not in ONNX_DOMAINS:
-        raise NoFold(f"'{node.name}' is a {node.domain}::{node.op} node, not a constant")
+        raise NoFold(f"'{node.outputs[0].name}' comes from {_label(node)}a {node.domain}::{node.op} node, not a constant")
     if node.op not in FOLDABLE_CONSTANT_OPS:
-        raise NoFold(f"'{node.name}' is a {node.op} node, not a constant")
+        raise NoFold(f"'{node.outputs[0].name}' comes from {_label(node)}a {node.op} node, not a constant")
     if node.op == "Constant":
         return [_constant_node_value(node)]
     if node.op == "Identity":

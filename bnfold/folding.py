@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import onnx
 
 from .graph import export_model, import_model
-from .passes import run_rules
+from .passes import nested_anchor_refusals, run_rules
 from .rules import DEFAULT_RULES, Fold, Refusal, Rule
 from .stats import ModelStats, model_stats
 
@@ -54,12 +54,16 @@ class FoldResult:
         return bool(self.folds)
 
 
-def fold(model: onnx.ModelProto | str | os.PathLike, rules: Sequence[Rule] | None = None) -> FoldResult:
+def fold(
+    model: onnx.ModelProto | str | os.PathLike, rules: Sequence[Rule] | None = None, *, in_place: bool = False
+) -> FoldResult:
     """Fold every foldable BatchNormalization into the linear op that feeds it.
 
     Args:
-        model: an ``onnx.ModelProto`` (not modified) or the path of an ONNX file.
+        model: an ``onnx.ModelProto`` (not modified unless ``in_place``) or the path of an ONNX file.
         rules: the rules to run (default: ``bnfold.rules.DEFAULT_RULES``).
+        in_place: edit ``model`` itself instead of a copy (saves a copy of the weights; the
+            pipeline uses it for models it loaded).
 
     Returns:
         A FoldResult. Every rewrite is exact up to float rounding: the fold math runs in float64
@@ -70,10 +74,18 @@ def fold(model: onnx.ModelProto | str | os.PathLike, rules: Sequence[Rule] | Non
         from .io import load_model
 
         model = load_model(model)
+    before = model_stats(model)
     start = time.perf_counter()
     with _gc_paused():
         graph = import_model(model)
-        outcome = run_rules(graph, DEFAULT_RULES if rules is None else rules)
-        folded = export_model(graph, model) if outcome.folds else model
+        rules = DEFAULT_RULES if rules is None else rules
+        outcome = run_rules(graph, rules)
+        outcome.refusals.extend(nested_anchor_refusals(model, rules))
+        folded = model
+        if outcome.folds:
+            if not in_place:
+                folded = onnx.ModelProto()
+                folded.CopyFrom(model)
+            export_model(graph, folded)
     seconds = time.perf_counter() - start
-    return FoldResult(folded, outcome.folds, outcome.refusals, model_stats(model), model_stats(folded), seconds)
+    return FoldResult(folded, outcome.folds, outcome.refusals, before, model_stats(folded), seconds)

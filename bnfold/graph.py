@@ -7,13 +7,11 @@
 - O(1) producer/consumer queries (graphsurgeon keeps both directions linked) and deferred node
   removal, so a whole pass stays linear in the number of nodes.
 
-``import_model``/``export_model`` do the round trip and repair what graphsurgeon changes on the
-way (doc_string, metadata_props, IR-3 initializer inputs, overridable inputs, functions).
+``export_model`` does not use graphsurgeon's exporter: it patches the original ModelProto with
+the recorded edits, so everything folding did not touch is kept byte for byte.
 """
 
 from __future__ import annotations
-
-import copy
 
 import numpy as np
 import onnx
@@ -44,15 +42,20 @@ def overridable_inputs(model: onnx.ModelProto) -> set[str]:
 class FoldGraph:
     """A graphsurgeon graph with the queries and edits the rewrite rules use."""
 
-    def __init__(self, graph: gs.Graph, overridable: set[str]):
+    def __init__(self, graph: gs.Graph, overridable: set[str], names: set[str] | None = None):
         self.graph = graph
         self.overridable = overridable
         self.opset = int(graph.opset)
         self._output_names = {t.name for t in graph.outputs}
         self._input_names = {t.name for t in graph.inputs}
-        self._names = set(graph.tensors(check_duplicates=False).keys()) | set(overridable)
+        self._names = set(graph.tensors(check_duplicates=False).keys()) | set(overridable) | (names or set())
         self._constants: dict[int, tuple[gs.Tensor, np.ndarray]] = {}
+        self._order = list(graph.nodes)  # graphsurgeon imports nodes in GraphProto order
         self._removed: set[int] = set()
+        self._touched: set[int] = set()
+        self._new_initializers: dict[str, onnx.TensorProto] = {}
+        self._dropped: set[str] = set()  # initializers nothing reads any more
+        self._vanished: set[str] = set()  # tensor names that no longer exist
 
     # -- queries -------------------------------------------------------------------------
     @staticmethod
@@ -99,6 +102,9 @@ class FoldGraph:
         return np.asarray(outputs[node.outputs.index(tensor)])
 
     # -- edits ---------------------------------------------------------------------------
+    # Rules edit the graphsurgeon graph; every edit is also recorded here, so that export can
+    # patch the original ModelProto instead of regenerating it (which would drop node doc
+    # strings and metadata, and copy outer-scope initializers into subgraphs).
     def fresh_name(self, base: str) -> str:
         """A tensor name not used anywhere in the model, derived from ``base``."""
         name, k = base, 1
@@ -107,10 +113,14 @@ class FoldGraph:
         self._names.add(name)
         return name
 
+    def _constant(self, name: str, values: np.ndarray) -> gs.Constant:
+        proto = numpy_helper.from_array(np.asarray(values), name)
+        self._new_initializers[name] = proto
+        return gs.Constant(name, gs.ir.tensor.LazyValues(proto))
+
     def new_constant(self, base: str, values: np.ndarray) -> gs.Constant:
         """A new constant tensor with a fresh name, stored exactly as ``values`` (dtype kept)."""
-        name = self.fresh_name(base)
-        return gs.Constant(name, gs.ir.tensor.LazyValues(numpy_helper.from_array(np.asarray(values), name)))
+        return self._constant(self.fresh_name(base), values)
 
     def replacement_constant(self, old: gs.Tensor, values: np.ndarray, base: str) -> gs.Constant:
         """A constant to replace ``old`` as an input of exactly one node.
@@ -125,32 +135,35 @@ class FoldGraph:
             and not self.is_graph_output(old)
             and old.name not in self.overridable
         )
-        if not private:
-            return self.new_constant(base, values)
-        return gs.Constant(old.name, gs.ir.tensor.LazyValues(numpy_helper.from_array(np.asarray(values), old.name)))
+        return self._constant(old.name, values) if private else self.new_constant(base, values)
 
-    def remove_node(self, node: gs.Node) -> None:
-        """Detach ``node`` and delete whatever only it kept alive (constant feeders, Identity chains)."""
+    def _detach(self, node: gs.Node) -> list[gs.Tensor]:
         inputs = [t for t in node.inputs if t.name]
+        self._vanished.update(t.name for t in node.outputs if t.name)
         node.inputs.clear()
         node.outputs.clear()
         self._removed.add(id(node))
-        for tensor in inputs:
+        return inputs
+
+    def remove_node(self, node: gs.Node) -> None:
+        """Detach ``node`` and delete whatever only it kept alive (constant feeders, Identity chains)."""
+        for tensor in self._detach(node):
             self.release(tensor)
 
     def release(self, tensor: gs.Tensor) -> None:
-        """Delete the producer of ``tensor`` (recursively) once none of its outputs is used."""
+        """Delete ``tensor`` once nothing reads it: its initializer, or its producer (recursively)."""
         stack = [tensor]
         while stack:
             t = stack.pop()
-            node = self.producer(t)
-            if node is None or self.is_used(t) or any(self.is_used(o) for o in node.outputs):
+            if self.is_used(t):
                 continue
-            inputs = [i for i in node.inputs if i.name]
-            node.inputs.clear()
-            node.outputs.clear()
-            self._removed.add(id(node))
-            stack.extend(inputs)
+            if isinstance(t, gs.Constant):
+                self._dropped.add(t.name)
+                continue
+            node = self.producer(t)
+            if node is None or any(self.is_used(o) for o in node.outputs):
+                continue
+            stack.extend(self._detach(node))
 
     def replace_input(self, node: gs.Node, index: int, tensor: gs.Tensor) -> None:
         """Make ``node`` read ``tensor`` at input ``index`` (appending empty optionals as needed)."""
@@ -158,69 +171,92 @@ class FoldGraph:
             node.inputs.append(gs.Variable.empty())
         old = node.inputs[index]
         node.inputs[index] = tensor
+        self._touched.add(id(node))
         if old.name and old is not tensor:
             self.release(old)
+
+    def replace_output(self, node: gs.Node, index: int, tensor: gs.Tensor) -> None:
+        """Make ``node`` produce ``tensor`` (which must have no producer) at output ``index``."""
+        old = node.outputs[index]
+        node.outputs[index] = tensor
+        self._touched.add(id(node))
+        if old.name and old is not tensor:
+            self._vanished.add(old.name)
 
     def is_removed(self, node: gs.Node) -> bool:
         return id(node) in self._removed
 
-    def commit(self) -> None:
-        """Drop removed nodes from the node list, in one O(n) sweep."""
-        if self._removed:
-            self.graph.nodes = [n for n in self.graph.nodes if id(n) not in self._removed]
-            self._removed.clear()
+    # -- export ----------------------------------------------------------------------------
+    def patch(self, graph: onnx.GraphProto, ir_version: int) -> None:
+        """Apply the recorded edits to ``graph``, the GraphProto this graph was imported from (or a copy).
+
+        Untouched nodes, initializers and value_info entries are left as they are, byte for byte.
+        Deletions use a stable sort and one slice delete: O(n), no copy of tensor data.
+        """
+        if len(graph.node) != len(self._order):
+            raise RuntimeError("graph changed since import")
+        for i, node in enumerate(self._order):
+            if id(node) in self._touched and id(node) not in self._removed:
+                proto = graph.node[i]
+                del proto.input[:], proto.output[:]
+                proto.input.extend(t.name for t in node.inputs)
+                proto.output.extend(t.name for t in node.outputs)
+        _delete_flagged(graph.node, [id(n) in self._removed for n in self._order])
+
+        new = dict(self._new_initializers)
+        dropped = self._dropped - set(new)
+        for tensor in graph.initializer:
+            if tensor.name in new:
+                tensor.CopyFrom(new.pop(tensor.name))
+        _delete_flagged(graph.initializer, [t.name in dropped for t in graph.initializer])
+        graph.initializer.extend(new.values())
+
+        _delete_flagged(graph.value_info, [v.name in self._vanished for v in graph.value_info])
+        if ir_version < 4:  # IR 3: every initializer is also listed as an input
+            _delete_flagged(graph.input, [v.name in dropped for v in graph.input])
+            graph.input.extend(
+                onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in new.values()
+            )
+
+
+def _delete_flagged(field, flags: list[bool]) -> None:
+    """Remove the elements of a repeated protobuf field whose flag is set, keeping the others' order.
+
+    A stable sort moves the doomed elements to the end, one slice delete drops them: no element
+    is copied (deleting one by one would be quadratic).
+    """
+    if not any(flags):
+        return
+    items = list(field)  # keeps the wrappers alive, so their ids stay valid during the sort
+    marks = {id(x): f for x, f in zip(items, flags)}
+    field.sort(key=lambda x: marks[id(x)])
+    del field[len(flags) - sum(flags):]
+
+
+def _subgraph_names(graph: onnx.GraphProto, names: set[str]) -> set[str]:
+    """Tensor names used inside the subgraphs of ``graph`` (a new name must not shadow one)."""
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
+                names.update(t.name for t in sub.initializer)
+                names.update(v.name for v in sub.input)
+                for inner in sub.node:
+                    names.update(inner.output)
+                _subgraph_names(sub, names)
+    return names
 
 
 def import_model(model: onnx.ModelProto) -> FoldGraph:
     """Import ``model`` for editing."""
-    return FoldGraph(gs.import_onnx(model), overridable_inputs(model))
+    return FoldGraph(gs.import_onnx(model), overridable_inputs(model), _subgraph_names(model.graph, set()))
 
 
-def export_model(fg: FoldGraph, original: onnx.ModelProto) -> onnx.ModelProto:
-    """Export the edited graph, restoring what graphsurgeon's round trip does not keep.
+def export_model(fg: FoldGraph, model: onnx.ModelProto) -> onnx.ModelProto:
+    """Write the edits of ``fg`` into ``model`` (the ModelProto it was imported from, or a copy).
 
-    Kept exactly from ``original``: ir_version, opset_import, producer, domain, model_version,
-    doc_string, metadata_props, functions, the graph's name, doc_string and outputs, and its
-    inputs (overridable initializer inputs included). For IR < 4 every initializer is listed as
-    an input again, as that IR requires; inputs of initializers that folding removed go away.
+    Everything folding did not touch stays exactly as it was: ir_version, opset_import,
+    producer, doc_string, metadata_props, functions, node names, doc strings and attributes, the
+    graph's inputs (overridable initializer inputs included) and outputs.
     """
-    fg.commit()
-    out = gs.export_onnx(fg.graph, do_type_check=False)
-    for field in ("ir_version", "producer_name", "producer_version", "domain", "model_version", "doc_string"):
-        setattr(out, field, getattr(original, field))
-    for field in ("opset_import", "metadata_props", "functions", "training_info"):
-        del getattr(out, field)[:]
-        getattr(out, field).extend(getattr(original, field))
-    graph, orig_graph = out.graph, original.graph
-    graph.name, graph.doc_string = orig_graph.name, orig_graph.doc_string
-    del graph.output[:]
-    graph.output.extend(orig_graph.output)
-    if orig_graph.sparse_initializer:
-        del graph.sparse_initializer[:]
-        graph.sparse_initializer.extend(orig_graph.sparse_initializer)
-    _restore_inputs(graph, original)
-    return out
-
-
-def _restore_inputs(graph: onnx.GraphProto, original: onnx.ModelProto) -> None:
-    orig_graph = original.graph
-    orig_inits = {t.name: t for t in orig_graph.initializer}
-    present = {t.name for t in graph.initializer}
-    inputs = []
-    for value_info in orig_graph.input:
-        name = value_info.name
-        if name not in orig_inits:
-            inputs.append(value_info)  # a real input
-        elif name in present:
-            inputs.append(value_info)  # an initializer input that still exists
-        elif original.ir_version >= 4:
-            # An overridable input graphsurgeon dropped because nothing read it: keep it as it was.
-            graph.initializer.append(copy.deepcopy(orig_inits[name]))
-            inputs.append(value_info)
-    if original.ir_version < 4:
-        listed = {vi.name for vi in inputs}
-        for tensor in graph.initializer:
-            if tensor.name not in listed:
-                inputs.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
-    del graph.input[:]
-    graph.input.extend(inputs)
+    fg.patch(model.graph, model.ir_version)
+    return model

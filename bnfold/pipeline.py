@@ -97,7 +97,7 @@ def _optimize(src, dst, in_place, validate_output, input_shapes, atol, rtol, see
         raise BnfoldError(f"{dst}: the output folder {dst.parent} does not exist")
     _check_input_shapes(src, model, input_shapes or {})
     try:
-        result = fold(model)
+        result = fold(model, in_place=True)
     except UnicodeDecodeError:
         raise BnfoldError(f"{src}: invalid ONNX model (a text field is not valid UTF-8)") from None
     timings["fold"] = result.seconds

@@ -110,12 +110,21 @@ BAD_MODELS = {
     "text-file": _content(lambda: b"Conv -> BatchNormalization\nthis is not an ONNX model\n"),
     "protobuf-without-graph": _content(lambda: b"\x08\x08"),  # ir_version = 8, nothing else
     "fails-onnx-checker": _content(builders.conv_bn_bytes_invalid_for_checker),
-    "invalid-utf8-string": _content(invalid_utf8_bytes),
     "missing-external-data": _missing_external_data,
     "directory": _directory,
     "missing-path": lambda folder: folder / "model.onnx",
     "missing-path-in-missing-folder": lambda folder: folder / "nowhere" / "model.onnx",
 }
+
+
+def test_text_field_that_is_not_utf8_passes_through_unchanged(tmp_path):
+    """bnfold never reads the doc_string, so a malformed one is not its business: keep the bytes."""
+    path = tmp_path / "model.onnx"
+    path.write_bytes(invalid_utf8_bytes())
+    result = run("optimize", path, "-o", tmp_path / "out.onnx")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert b"bnfold test mod\xff\xfe" in (tmp_path / "out.onnx").read_bytes()
+    assert path.read_bytes() == invalid_utf8_bytes()
 
 
 @pytest.mark.parametrize("flags", [[], ["--in-place"], ["--json"]], ids=["default", "in-place", "json"])

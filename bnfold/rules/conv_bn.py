@@ -94,6 +94,6 @@ class ConvBatchNormRule(Rule):
             graph.replace_input(conv, 2, graph.replacement_constant(bias_in, plan.bias, f"{label}.bias_folded"))
         y = bn.outputs[0]
         bn.outputs.clear()
-        conv.outputs[0] = y  # the conv now produces what the BN produced: name, dtype, shape kept
+        graph.replace_output(conv, 0, y)  # the conv now produces what the BN produced: name, dtype, shape kept
         graph.remove_node(bn)  # and the statistics only the BN read go with it
         return Fold(self.name, bn.name, bn.op, conv.name, conv.op)
