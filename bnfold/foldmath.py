@@ -79,7 +79,8 @@ def cast_checked(values: np.ndarray, dtype, what: str, original: np.ndarray | No
     info = _finfo(dtype)
     if not np.all(np.isfinite(values)):
         raise NoFold(f"folded {what} has non-finite values")
-    cast = values.astype(dtype)
+    with np.errstate(over="ignore"):  # overflow is detected and reported just below
+        cast = values.astype(dtype)
     if not np.all(np.isfinite(cast)):
         peak = float(np.max(np.abs(values)))
         raise NoFold(f"folded {what} overflows {dtype.name} (max |value| {peak:.4g} > {float(info.max):.4g})")
