@@ -48,7 +48,7 @@ class FoldGraph:
         self.opset = int(graph.opset)
         self._output_names = {t.name for t in graph.outputs}
         self._input_names = {t.name for t in graph.inputs}
-        self._names = set(graph.tensors(check_duplicates=False).keys()) | set(overridable) | (names or set())
+        self._names = set(graph.tensors(check_duplicates=False).keys()) | (names or set())
         self._constants: dict[int, tuple[gs.Tensor, np.ndarray]] = {}
         self._order = list(graph.nodes)  # graphsurgeon imports nodes in GraphProto order
         self._removed: set[int] = set()
@@ -211,7 +211,8 @@ class FoldGraph:
         _delete_flagged(graph.initializer, [t.name in dropped for t in graph.initializer])
         graph.initializer.extend(new.values())
 
-        _delete_flagged(graph.value_info, [v.name in self._vanished for v in graph.value_info])
+        gone = self._vanished | dropped
+        _delete_flagged(graph.value_info, [v.name in gone for v in graph.value_info])
         if ir_version < 4:  # IR 3: every initializer is also listed as an input
             _delete_flagged(graph.input, [v.name in dropped for v in graph.input])
             graph.input.extend(
@@ -233,22 +234,24 @@ def _delete_flagged(field, flags: list[bool]) -> None:
     del field[len(flags) - sum(flags):]
 
 
-def _subgraph_names(graph: onnx.GraphProto, names: set[str]) -> set[str]:
-    """Tensor names used inside the subgraphs of ``graph`` (a new name must not shadow one)."""
+def _all_names(graph: onnx.GraphProto, names: set[str]) -> set[str]:
+    """Every tensor name in ``graph`` and its subgraphs: a new name must collide with none of them."""
+    names.update(t.name for t in graph.initializer)
+    names.update(t.values.name for t in graph.sparse_initializer)
+    for field in (graph.input, graph.output, graph.value_info):
+        names.update(v.name for v in field)
     for node in graph.node:
+        names.update(node.input)
+        names.update(node.output)
         for attr in node.attribute:
             for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
-                names.update(t.name for t in sub.initializer)
-                names.update(v.name for v in sub.input)
-                for inner in sub.node:
-                    names.update(inner.output)
-                _subgraph_names(sub, names)
+                _all_names(sub, names)
     return names
 
 
 def import_model(model: onnx.ModelProto) -> FoldGraph:
     """Import ``model`` for editing."""
-    return FoldGraph(gs.import_onnx(model), overridable_inputs(model), _subgraph_names(model.graph, set()))
+    return FoldGraph(gs.import_onnx(model), overridable_inputs(model), _all_names(model.graph, set()))
 
 
 def export_model(fg: FoldGraph, model: onnx.ModelProto) -> onnx.ModelProto:
