@@ -1,0 +1,67 @@
+"""Real-world structures: the onnx package's "light" model zoo (onnx/backend/test/data/light/).
+
+These are IR-version-3 exports of real architectures whose every BN parameter and weight is made
+by a ConstantOfShape node, and whose initializers are all listed as graph inputs (the IR-3 rule).
+They ship with onnx, a runtime dependency, so they are always here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from conftest import assert_equivalent, check_full, op_types
+
+import bnfold
+
+LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
+#: BNs that have no Conv in front of them (they follow MaxPool or Concat, as in DenseNet).
+EXPECTED_LEFT = {"light_densenet121.onnx": 62}
+
+
+def light_models() -> list[Path]:
+    return sorted(p for p in LIGHT.glob("light_*.onnx") if "BatchNormalization" in op_types(onnx.load(p)))
+
+
+def test_the_light_zoo_is_installed():
+    assert {p.name for p in light_models()} >= {"light_resnet50.onnx", "light_densenet121.onnx"}
+
+
+def randomize_fills(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProto:
+    """The light models fill every tensor with one constant, so their outputs are constant too and
+    a numerical check would prove nothing. Give each ConstantOfShape its own random fill value."""
+    rng = np.random.default_rng(seed)
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    for node in model.graph.node:
+        if node.op_type == "ConstantOfShape":
+            (attr,) = [a for a in node.attribute if a.name == "value"]
+            fill = onnx.numpy_helper.to_array(attr.t)
+            attr.t.CopyFrom(onnx.numpy_helper.from_array((fill * rng.uniform(0.5, 1.5)).astype(fill.dtype)))
+    return model
+
+
+@pytest.mark.parametrize("path", light_models(), ids=lambda p: p.stem)
+def test_light_model_folds_every_bn_behind_a_conv(path):
+    model = randomize_fills(onnx.load(path))
+    bn_before = op_types(model).count("BatchNormalization")
+    result = bnfold.fold(model)
+    left = op_types(result.model).count("BatchNormalization")
+    assert left == EXPECTED_LEFT.get(path.name, 0)
+    assert len(result.folds) == bn_before - left
+    assert len(result.refusals) == left
+    assert all("not a Conv" in r.reason for r in result.refusals)
+    # nothing dead is left behind: every node output is read by a node or is a graph output
+    graph = result.model.graph
+    read = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+    assert all(o in read for node in graph.node for o in node.output if o)
+    # IR 3: every initializer is listed as an input, and no input names a removed initializer
+    assert result.model.ir_version == 3
+    inits = {t.name for t in result.model.graph.initializer}
+    inputs = {i.name for i in result.model.graph.input}
+    assert inits <= inputs
+    assert inputs - inits == {i.name for i in model.graph.input} - {t.name for t in model.graph.initializer}
+    check_full(result.model)
+    out = assert_equivalent(model, result.model)
+    assert all(np.std(v) > 0 for v in out.values())  # the check compared outputs that vary
