@@ -36,22 +36,34 @@ def unread_outputs(model: onnx.ModelProto) -> set[str]:
     return {o for node in graph.node for o in node.output if o and o not in read}
 
 
-def randomize_fills(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProto:
-    """The light models fill every tensor with one constant, so their outputs are constant too and
-    a numerical check would prove nothing. Give each ConstantOfShape its own random fill value."""
+def randomize_weights(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProto:
+    """The light models fill every tensor with one constant, so every channel computes the same
+    thing and the outputs are constant: a numerical check would prove nothing. Replace the
+    ConstantOfShape that makes each Conv/Gemm weight with a random initializer (listed as an input,
+    as IR 3 wants); BN parameters keep coming from ConstantOfShape, which is what is under test."""
     rng = np.random.default_rng(seed)
     model = onnx.ModelProto.FromString(model.SerializeToString())
-    for node in model.graph.node:
-        if node.op_type == "ConstantOfShape":
-            (attr,) = [a for a in node.attribute if a.name == "value"]
-            fill = onnx.numpy_helper.to_array(attr.t)
-            attr.t.CopyFrom(onnx.numpy_helper.from_array((fill * rng.uniform(0.5, 1.5)).astype(fill.dtype)))
+    graph = model.graph
+    weights = {n.input[1] for n in graph.node if n.op_type in ("Conv", "Gemm")}
+    shapes = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
+    keep = []
+    for node in graph.node:
+        if node.op_type == "ConstantOfShape" and node.output[0] in weights:
+            shape = [int(d) for d in shapes[node.input[0]]]
+            fan_in = int(np.prod(shape[1:]))
+            values = (rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
+            graph.initializer.append(onnx.numpy_helper.from_array(values, node.output[0]))
+            graph.input.append(onnx.helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT, shape))
+        else:
+            keep.append(node)
+    del graph.node[:]
+    graph.node.extend(keep)
     return model
 
 
 @pytest.mark.parametrize("path", light_models(), ids=lambda p: p.stem)
 def test_light_model_folds_every_bn_behind_a_conv(path):
-    model = randomize_fills(onnx.load(path))
+    model = randomize_weights(onnx.load(path))
     bn_before = op_types(model).count("BatchNormalization")
     result = bnfold.fold(model)
     left = op_types(result.model).count("BatchNormalization")
