@@ -73,7 +73,7 @@ def make_inputs(model: onnx.ModelProto, shapes: dict[str, list[int]], seed: int)
             value = rng.integers(0, 4, size=shape).astype(dtype)
         else:
             value = rng.standard_normal(shape).astype(dtype)
-        feeds[vi.name] = value
+        feeds[vi.name] = np.asarray(value, dtype=dtype)  # 0-d draws come back as numpy scalars
     return feeds
 
 

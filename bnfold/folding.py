@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from .graph import export_model, import_model
-from .passes import nested_anchor_refusals, run_rules
+from .graph import import_model
+from .passes import run_rules
 from .rules import DEFAULT_RULES, Fold, Refusal, Rule
 from .stats import ModelStats, model_stats
 
@@ -77,15 +77,18 @@ def fold(
     before = model_stats(model)
     start = time.perf_counter()
     with _gc_paused():
-        graph = import_model(model)
+        graphs = import_model(model)
         rules = DEFAULT_RULES if rules is None else rules
-        outcome = run_rules(graph, rules)
-        outcome.refusals.extend(nested_anchor_refusals(model, rules))
+        folds, refusals = [], []
+        for scope in graphs.scopes:  # main graph first, then subgraphs, then functions
+            outcome = run_rules(scope, rules)
+            folds += outcome.folds
+            refusals += outcome.refusals
         folded = model
-        if outcome.folds:
+        if folds:
             if not in_place:
                 folded = onnx.ModelProto()
                 folded.CopyFrom(model)
-            export_model(graph, folded)
+            graphs.export(folded)
     seconds = time.perf_counter() - start
-    return FoldResult(folded, outcome.folds, outcome.refusals, before, model_stats(folded), seconds)
+    return FoldResult(folded, folds, refusals, before, model_stats(folded), seconds)

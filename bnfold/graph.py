@@ -1,17 +1,25 @@
-"""The graph the rules edit: onnx-graphsurgeon plus what folding needs on top of it.
+"""The graphs the rules edit: onnx-graphsurgeon plus what folding needs on top of it.
 
-``FoldGraph`` wraps a ``gs.Graph`` with
-- constant lookup that follows the runtime's rule for initializers listed as graph inputs,
-  and evaluates small constant subgraphs (Identity, Constant, ConstantOfShape, ...);
-- fresh, unique tensor names for new weights (never reuse a name: shared weights stay intact);
-- O(1) producer/consumer queries (graphsurgeon keeps both directions linked) and deferred node
-  removal, so a whole pass stays linear in the number of nodes.
+A model has several scopes: the main graph, the bodies of If/Loop/Scan nodes (subgraphs, which
+may read the outer scope's tensors) and model-local functions. ``import_model`` returns a
+``ModelGraphs`` with one ``FoldGraph`` per scope. Each FoldGraph wraps a ``gs.Graph`` with
+- constant lookup that follows the runtime's rule for initializers listed as graph inputs and
+  evaluates small constant subgraphs (Identity, Constant, ConstantOfShape, ...); outer-scope
+  constants count as constants inside subgraphs, function inputs never do;
+- fresh, unique names for new tensors and nodes (never reuse a name: shared weights stay intact);
+- O(1) producer/consumer queries (graphsurgeon links both directions, across scopes) and
+  deferred removal, so a whole pass stays linear in the number of nodes.
 
-``export_model`` does not use graphsurgeon's exporter: it patches the original ModelProto with
-the recorded edits, so everything folding did not touch is kept byte for byte.
+Export does not use graphsurgeon's exporter: ``ModelGraphs.export`` patches the ModelProto with
+the recorded edits, so everything folding did not touch is kept byte for byte (graphsurgeon's
+round trip drops node doc strings and metadata, copies outer initializers into subgraphs, and
+loses IR-3 and overridable initializer inputs).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import onnx
@@ -39,23 +47,52 @@ def overridable_inputs(model: onnx.ModelProto) -> set[str]:
     return {i.name for i in model.graph.input if i.name in inits}
 
 
-class FoldGraph:
-    """A graphsurgeon graph with the queries and edits the rewrite rules use."""
+@dataclass
+class ModelState:
+    """What all scopes of one model share: names in use, evaluated constants, deletions."""
 
-    def __init__(self, graph: gs.Graph, overridable: set[str], names: set[str] | None = None):
+    opset: int
+    overridable: set[str]
+    names: set[str]
+    node_names: set[str]
+    constants: dict[int, tuple[gs.Tensor, np.ndarray]] = field(default_factory=dict)
+    owner: dict[int, FoldGraph] = field(default_factory=dict)  # node id -> the scope it belongs to
+    #: Outputs of every scope: a subgraph's outputs may name outer tensors, which graphsurgeon does
+    #: not list as consumers; treating all of them as outputs everywhere is the safe side.
+    outputs: set[str] = field(default_factory=set)
+    dropped: set[str] = field(default_factory=set)  # initializers nothing reads any more
+    vanished: set[str] = field(default_factory=set)  # tensor names that no longer exist
+
+    def fresh(self, base: str, taken: set[str]) -> str:
+        name, k = base, 1
+        while name in taken:
+            name, k = f"{base}_{k}", k + 1
+        taken.add(name)
+        return name
+
+
+class FoldGraph:
+    """One scope (main graph, subgraph or function) with the queries and edits rules use."""
+
+    def __init__(self, graph: gs.Graph, state: ModelState, scope: str, kind: str, path: tuple,
+                 initializers: set[str]):
         self.graph = graph
-        self.overridable = overridable
-        self.opset = int(graph.opset)
-        self._output_names = {t.name for t in graph.outputs}
+        self.state = state
+        self.scope = scope  # "main", "<node>/<attribute>", "function <domain>.<name>"
+        self.kind = kind  # "graph" or "function"
+        self.path = path  # where the proto of this scope sits in the model, see ModelGraphs.locate
+        self.opset = state.opset
+        self.overridable = state.overridable if scope == "main" else set()
+        self._initializers = initializers  # names of this scope's own initializers
+        state.outputs.update(t.name for t in graph.outputs)
         self._input_names = {t.name for t in graph.inputs}
-        self._names = set(graph.tensors(check_duplicates=False).keys()) | (names or set())
-        self._constants: dict[int, tuple[gs.Tensor, np.ndarray]] = {}
-        self._order = list(graph.nodes)  # graphsurgeon imports nodes in GraphProto order
+        self._order = list(graph.nodes)  # graphsurgeon imports nodes in proto order
+        state.owner.update((id(n), self) for n in self._order)
         self._removed: set[int] = set()
         self._touched: set[int] = set()
+        self._attr_edits: dict[int, dict[str, Any]] = {}
+        self._inserted: list[tuple[gs.Node | None, gs.Node]] = []  # (after this node or at the top, new node)
         self._new_initializers: dict[str, onnx.TensorProto] = {}
-        self._dropped: set[str] = set()  # initializers nothing reads any more
-        self._vanished: set[str] = set()  # tensor names that no longer exist
 
     # -- queries -------------------------------------------------------------------------
     @staticmethod
@@ -67,32 +104,37 @@ class FoldGraph:
         return list(tensor.outputs)
 
     def is_graph_output(self, tensor: gs.Tensor) -> bool:
-        return tensor.name in self._output_names
+        """Whether ``tensor`` is an output of this graph (or of any scope: see ModelState.outputs)."""
+        return tensor.name in self.state.outputs
 
     def is_used(self, tensor: gs.Tensor) -> bool:
-        """Whether anything reads ``tensor``: a node or the graph's outputs."""
+        """Whether anything reads ``tensor``: a node (in any scope) or this scope's outputs."""
         return bool(tensor.outputs) or self.is_graph_output(tensor)
 
+    def is_removed(self, node: gs.Node) -> bool:
+        return id(node) in self._removed
+
     def constant(self, tensor: gs.Tensor, depth: int = 0) -> np.ndarray:
-        """The value of ``tensor`` if it is a constant of this graph; NoFold says why not."""
-        cached = self._constants.get(id(tensor))
+        """The value of ``tensor`` if it is a constant here; NoFold says why not."""
+        cached = self.state.constants.get(id(tensor))
         if cached is not None and cached[0] is tensor:
             return cached[1]
         value = self._resolve(tensor, depth)
-        self._constants[id(tensor)] = (tensor, value)
+        self.state.constants[id(tensor)] = (tensor, value)
         return value
 
     def _resolve(self, tensor: gs.Tensor, depth: int) -> np.ndarray:
         name = tensor.name
-        if name in self.overridable:
+        if name in self.state.overridable:
             raise NoFold(f"'{name}' is an initializer also listed as a graph input, so callers may override it")
         if isinstance(tensor, gs.Constant):
             return tensor_value(tensor)
         node = self.producer(tensor)
         if node is None:
             if name in self._input_names:
-                raise NoFold(f"'{name}' is a graph input, not a constant")
-            raise NoFold(f"'{name}' has no producer in this graph")
+                what = "a function input" if self.kind == "function" else "a graph input"
+                raise NoFold(f"'{name}' is {what}, not a constant")
+            raise NoFold(f"'{name}' has no producer (an input of an enclosing graph)")
         if depth >= MAX_CONSTANT_DEPTH:
             raise NoFold(f"'{name}' comes from a constant subgraph deeper than {MAX_CONSTANT_DEPTH} nodes")
         inputs = [None if not t.name else self.constant(t, depth + 1) for t in node.inputs]
@@ -102,44 +144,68 @@ class FoldGraph:
         return np.asarray(outputs[node.outputs.index(tensor)])
 
     # -- edits ---------------------------------------------------------------------------
-    # Rules edit the graphsurgeon graph; every edit is also recorded here, so that export can
-    # patch the original ModelProto instead of regenerating it (which would drop node doc
-    # strings and metadata, and copy outer-scope initializers into subgraphs).
+    # Rules edit the graphsurgeon graph through these methods, which also record each edit so
+    # that export can patch the ModelProto instead of regenerating it.
     def fresh_name(self, base: str) -> str:
         """A tensor name not used anywhere in the model, derived from ``base``."""
-        name, k = base, 1
-        while name in self._names:
-            name, k = f"{base}_{k}", k + 1
-        self._names.add(name)
-        return name
+        return self.state.fresh(base, self.state.names)
 
-    def _constant(self, name: str, values: np.ndarray) -> gs.Constant:
+    def _constant(self, name: str, values: np.ndarray) -> gs.Tensor:
         proto = numpy_helper.from_array(np.asarray(values), name)
-        self._new_initializers[name] = proto
-        return gs.Constant(name, gs.ir.tensor.LazyValues(proto))
+        if self.kind == "graph":
+            self._new_initializers[name] = proto
+            self._initializers.add(name)
+            return gs.Constant(name, gs.ir.tensor.LazyValues(proto))
+        # Functions have no initializers: the value becomes a Constant node at the top of the body.
+        tensor = gs.Variable(name, dtype=np.asarray(values).dtype, shape=list(np.shape(values)))
+        node = gs.Node("Constant", self.state.fresh(f"{name}_constant", self.state.node_names),
+                       attrs={"value": gs.Constant(name, gs.ir.tensor.LazyValues(proto))}, outputs=[tensor])
+        self._insert(None, node)
+        self.state.constants[id(tensor)] = (tensor, np.asarray(values))
+        return tensor
 
-    def new_constant(self, base: str, values: np.ndarray) -> gs.Constant:
+    def new_constant(self, base: str, values: np.ndarray) -> gs.Tensor:
         """A new constant tensor with a fresh name, stored exactly as ``values`` (dtype kept)."""
         return self._constant(self.fresh_name(base), values)
 
-    def replacement_constant(self, old: gs.Tensor, values: np.ndarray, base: str) -> gs.Constant:
+    def replacement_constant(self, old: gs.Tensor, values: np.ndarray, base: str) -> gs.Tensor:
         """A constant to replace ``old`` as an input of exactly one node.
 
-        Reuses ``old``'s name only when ``old`` is a plain initializer that node alone reads;
-        otherwise (shared, produced by a node, a graph output) a fresh name, so every other user
-        keeps the original values.
+        Reuses ``old``'s name only when ``old`` is a plain initializer of this scope that one node
+        alone reads; otherwise (shared, produced by a node, a graph output, from an outer scope)
+        a fresh name, so every other user keeps the original values.
         """
         private = (
             isinstance(old, gs.Constant)
+            and old.name in self._initializers
             and len(old.outputs) == 1
             and not self.is_graph_output(old)
-            and old.name not in self.overridable
+            and old.name not in self.state.overridable
         )
         return self._constant(old.name, values) if private else self.new_constant(base, values)
 
+    def add_node(self, op: str, inputs: list[gs.Tensor], outputs: list[gs.Tensor], *, after: gs.Node,
+                 name: str, attrs: dict[str, Any] | None = None) -> gs.Node:
+        """Insert a new node right after ``after`` (its name made unique from ``name``)."""
+        node = gs.Node(op, self.state.fresh(name, self.state.node_names), attrs=dict(attrs or {}),
+                       inputs=list(inputs), outputs=list(outputs))
+        self._insert(after, node)
+        return node
+
+    def _insert(self, after: gs.Node | None, node: gs.Node) -> None:
+        self.graph.nodes.append(node)
+        self._inserted.append((after, node))
+        self.state.owner[id(node)] = self
+
+    def set_attr(self, node: gs.Node, name: str, value: Any) -> None:
+        """Set attribute ``name`` of ``node`` (an int, float, list or gs.Constant)."""
+        node.attrs[name] = value
+        self._attr_edits.setdefault(id(node), {})[name] = value
+
     def _detach(self, node: gs.Node) -> list[gs.Tensor]:
         inputs = [t for t in node.inputs if t.name]
-        self._vanished.update(t.name for t in node.outputs if t.name)
+        if self.kind == "graph":  # function bodies have their own namespace and no value_info
+            self.state.vanished.update(t.name for t in node.outputs if t.name)
         node.inputs.clear()
         node.outputs.clear()
         self._removed.add(id(node))
@@ -158,12 +224,12 @@ class FoldGraph:
             if self.is_used(t):
                 continue
             if isinstance(t, gs.Constant):
-                self._dropped.add(t.name)
+                self.state.dropped.add(t.name)
                 continue
             node = self.producer(t)
             if node is None or any(self.is_used(o) for o in node.outputs):
                 continue
-            stack.extend(self._detach(node))
+            stack.extend(self.state.owner[id(node)]._detach(node))  # the node may live in an enclosing scope
 
     def replace_input(self, node: gs.Node, index: int, tensor: gs.Tensor) -> None:
         """Make ``node`` read ``tensor`` at input ``index`` (appending empty optionals as needed)."""
@@ -181,46 +247,91 @@ class FoldGraph:
         node.outputs[index] = tensor
         self._touched.add(id(node))
         if old.name and old is not tensor:
-            self._vanished.add(old.name)
+            self.state.vanished.add(old.name)
 
-    def is_removed(self, node: gs.Node) -> bool:
-        return id(node) in self._removed
+    @property
+    def changed(self) -> bool:
+        return bool(self._removed or self._touched or self._inserted or self._attr_edits or self._new_initializers)
 
     # -- export ----------------------------------------------------------------------------
-    def patch(self, graph: onnx.GraphProto, ir_version: int) -> None:
-        """Apply the recorded edits to ``graph``, the GraphProto this graph was imported from (or a copy).
+    def patch(self, proto: onnx.GraphProto | onnx.FunctionProto, ir_version: int) -> None:
+        """Apply the recorded edits to ``proto``, this scope's proto in the model being written.
 
         Untouched nodes, initializers and value_info entries are left as they are, byte for byte.
-        Deletions use a stable sort and one slice delete: O(n), no copy of tensor data.
+        Deletions and insertions use one stable sort and one slice delete: O(n), no tensor copies.
         """
-        if len(graph.node) != len(self._order):
-            raise RuntimeError("graph changed since import")
+        if len(proto.node) != len(self._order):
+            raise RuntimeError(f"{self.scope}: graph changed since import")
         for i, node in enumerate(self._order):
-            if id(node) in self._touched and id(node) not in self._removed:
-                proto = graph.node[i]
-                del proto.input[:], proto.output[:]
-                proto.input.extend(t.name for t in node.inputs)
-                proto.output.extend(t.name for t in node.outputs)
-        _delete_flagged(graph.node, [id(n) in self._removed for n in self._order])
-
+            if id(node) in self._removed:
+                continue
+            if id(node) in self._touched:
+                p = proto.node[i]
+                del p.input[:], p.output[:]
+                p.input.extend(t.name for t in node.inputs)
+                p.output.extend(t.name for t in node.outputs)
+            for name, value in self._attr_edits.get(id(node), {}).items():
+                _set_attribute(proto.node[i], name, value)
+        self._patch_node_list(proto)
+        if self.kind == "function":
+            return
         new = dict(self._new_initializers)
-        dropped = self._dropped - set(new)
-        for tensor in graph.initializer:
+        dropped = self.state.dropped - set(new)
+        for tensor in proto.initializer:
             if tensor.name in new:
                 tensor.CopyFrom(new.pop(tensor.name))
-        _delete_flagged(graph.initializer, [t.name in dropped for t in graph.initializer])
-        graph.initializer.extend(new.values())
-
-        gone = self._vanished | dropped
-        _delete_flagged(graph.value_info, [v.name in gone for v in graph.value_info])
-        if ir_version < 4:  # IR 3: every initializer is also listed as an input
-            _delete_flagged(graph.input, [v.name in dropped for v in graph.input])
-            graph.input.extend(
+        _delete_flagged(proto.initializer, [t.name in dropped for t in proto.initializer])
+        proto.initializer.extend(new.values())
+        gone = self.state.vanished | dropped
+        _delete_flagged(proto.value_info, [v.name in gone for v in proto.value_info])
+        if ir_version < 4 and self.scope == "main":  # IR 3: every initializer is also listed as an input
+            _delete_flagged(proto.input, [v.name in dropped for v in proto.input])
+            proto.input.extend(
                 onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in new.values()
             )
 
+    def _patch_node_list(self, proto) -> None:
+        if not (self._removed or self._inserted):
+            return
+        position = {id(n): (i, 0) for i, n in enumerate(self._order)}
+        inserted = []
+        for k, (after, node) in enumerate(self._inserted, start=1):
+            position[id(node)] = (position[id(after)][0] if after is not None else -1, k)
+            if id(node) not in self._removed:
+                inserted.append(node)
+        gs_nodes = self._order + inserted
+        proto.node.extend(_node_proto(n) for n in inserted)
+        keys = [(id(n) in self._removed, position[id(n)]) for n in gs_nodes]
+        items = list(proto.node)  # keeps the wrappers alive, so their ids stay valid during the sort
+        key_of = {id(p): key for p, key in zip(items, keys)}
+        proto.node.sort(key=lambda p: key_of[id(p)])
+        removed = sum(1 for n in self._order if id(n) in self._removed)
+        if removed:
+            del proto.node[len(items) - removed:]
 
-def _delete_flagged(field, flags: list[bool]) -> None:
+
+def _attribute_value(value: Any) -> Any:
+    if isinstance(value, gs.Constant):
+        return numpy_helper.from_array(tensor_value(value), value.name)
+    return value
+
+
+def _set_attribute(node: onnx.NodeProto, name: str, value: Any) -> None:
+    attr = onnx.helper.make_attribute(name, _attribute_value(value))
+    for i, existing in enumerate(node.attribute):
+        if existing.name == name:
+            node.attribute[i].CopyFrom(attr)
+            return
+    node.attribute.append(attr)
+
+
+def _node_proto(node: gs.Node) -> onnx.NodeProto:
+    attrs = {k: _attribute_value(v) for k, v in node.attrs.items()}
+    return onnx.helper.make_node(node.op, [t.name for t in node.inputs], [t.name for t in node.outputs],
+                                 name=node.name, domain=node.domain or None, **attrs)
+
+
+def _delete_flagged(repeated, flags: list[bool]) -> None:
     """Remove the elements of a repeated protobuf field whose flag is set, keeping the others' order.
 
     A stable sort moves the doomed elements to the end, one slice delete drops them: no element
@@ -228,38 +339,99 @@ def _delete_flagged(field, flags: list[bool]) -> None:
     """
     if not any(flags):
         return
-    items = list(field)  # keeps the wrappers alive, so their ids stay valid during the sort
+    items = list(repeated)  # keeps the wrappers alive, so their ids stay valid during the sort
     marks = {id(x): f for x, f in zip(items, flags)}
-    field.sort(key=lambda x: marks[id(x)])
-    del field[len(flags) - sum(flags):]
+    repeated.sort(key=lambda x: marks[id(x)])
+    del repeated[len(flags) - sum(flags):]
 
 
-def _all_names(graph: onnx.GraphProto, names: set[str]) -> set[str]:
-    """Every tensor name in ``graph`` and its subgraphs: a new name must collide with none of them."""
-    names.update(t.name for t in graph.initializer)
-    names.update(t.values.name for t in graph.sparse_initializer)
-    for field in (graph.input, graph.output, graph.value_info):
-        names.update(v.name for v in field)
+def _subgraphs(node: onnx.NodeProto):
+    """(attribute name, index or None, GraphProto) for each graph-valued attribute of ``node``."""
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            yield attr.name, None, attr.g
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            for k, g in enumerate(attr.graphs):
+                yield attr.name, k, g
+
+
+def _all_names(graph: onnx.GraphProto | onnx.FunctionProto, names: set[str], node_names: set[str]) -> None:
+    """Every tensor and node name in ``graph`` and its subgraphs: new names must collide with none."""
+    if isinstance(graph, onnx.GraphProto):
+        names.update(t.name for t in graph.initializer)
+        names.update(t.values.name for t in graph.sparse_initializer)
+        for repeated in (graph.input, graph.output, graph.value_info):
+            names.update(v.name for v in repeated)
+    else:
+        names.update(graph.input)
+        names.update(graph.output)
     for node in graph.node:
         names.update(node.input)
         names.update(node.output)
-        for attr in node.attribute:
-            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
-                _all_names(sub, names)
-    return names
+        node_names.add(node.name)
+        for _, _, sub in _subgraphs(node):
+            _all_names(sub, names, node_names)
 
 
-def import_model(model: onnx.ModelProto) -> FoldGraph:
-    """Import ``model`` for editing."""
-    return FoldGraph(gs.import_onnx(model), overridable_inputs(model), _all_names(model.graph, set()))
+class ModelGraphs:
+    """Every scope of a model, main graph first, each as a FoldGraph."""
+
+    def __init__(self, model: onnx.ModelProto):
+        names: set[str] = set()
+        node_names: set[str] = set()
+        _all_names(model.graph, names, node_names)
+        for function in model.functions:
+            _all_names(function, names, node_names)
+        main = gs.import_onnx(model)
+        self.state = ModelState(int(main.opset), overridable_inputs(model), names, node_names)
+        self.scopes: list[FoldGraph] = []
+        self._add_graph(main, model.graph, "main", ())
+        functions = {(f.domain, f.name): f for f in main.functions}
+        for k, proto in enumerate(model.functions):
+            gs_function = functions.get((proto.domain, proto.name))
+            if gs_function is not None and len(gs_function.nodes) == len(proto.node):
+                self.scopes.append(FoldGraph(gs_function, self.state, f"function {proto.domain}.{proto.name}",
+                                             "function", ("function", k), set()))
+
+    def _add_graph(self, graph: gs.Graph, proto: onnx.GraphProto, scope: str, path: tuple) -> None:
+        self.scopes.append(FoldGraph(graph, self.state, scope, "graph", path, {t.name for t in proto.initializer}))
+        for i, (node, node_proto) in enumerate(zip(graph.nodes, proto.node)):
+            for attr, k, sub_proto in _subgraphs(node_proto):
+                sub = node.attrs[attr] if k is None else node.attrs[attr][k]
+                label = f"{node.name or node.op}/{attr}" + ("" if k is None else f"[{k}]")
+                inner = label if scope == "main" else f"{scope}/{label}"
+                self._add_graph(sub, sub_proto, inner, path + ((i, attr, k),))
+
+    @property
+    def main(self) -> FoldGraph:
+        return self.scopes[0]
+
+    @staticmethod
+    def locate(model: onnx.ModelProto, path: tuple):
+        """The GraphProto or FunctionProto at ``path`` inside ``model``."""
+        if path and path[0] == "function":
+            return model.functions[path[1]]
+        graph = model.graph
+        for index, attr, k in path:
+            (proto,) = [a for a in graph.node[index].attribute if a.name == attr]
+            graph = proto.g if k is None else proto.graphs[k]
+        return graph
+
+    def export(self, model: onnx.ModelProto) -> onnx.ModelProto:
+        """Write every scope's edits into ``model`` (the ModelProto imported, or a copy of it).
+
+        Everything folding did not touch stays exactly as it was: ir_version, opset_import,
+        producer, doc_string, metadata_props, node names, doc strings and attributes, the graph's
+        inputs (overridable initializer inputs included) and outputs.
+        """
+        # Deepest scopes first: patching a subgraph must not shift the parent's node indices
+        # that later paths go through.
+        for scope in sorted(self.scopes, key=lambda s: -len(s.path) if s.path[:1] != ("function",) else 0):
+            if scope.changed or self.state.dropped or self.state.vanished:
+                scope.patch(self.locate(model, scope.path), model.ir_version)
+        return model
 
 
-def export_model(fg: FoldGraph, model: onnx.ModelProto) -> onnx.ModelProto:
-    """Write the edits of ``fg`` into ``model`` (the ModelProto it was imported from, or a copy).
-
-    Everything folding did not touch stays exactly as it was: ir_version, opset_import,
-    producer, doc_string, metadata_props, functions, node names, doc strings and attributes, the
-    graph's inputs (overridable initializer inputs included) and outputs.
-    """
-    fg.patch(model.graph, model.ir_version)
-    return model
+def import_model(model: onnx.ModelProto) -> ModelGraphs:
+    """Import ``model`` for editing: one FoldGraph per scope."""
+    return ModelGraphs(model)

@@ -43,8 +43,9 @@ def _try_rules(node, rules: Sequence[Rule], graph: FoldGraph, scope: str) -> Fol
     return best
 
 
-def run_rules(graph: FoldGraph, rules: Sequence[Rule], scope: str = "main") -> PassResult:
+def run_rules(graph: FoldGraph, rules: Sequence[Rule]) -> PassResult:
     """Fold everything ``rules`` can fold in ``graph``; report every anchor node left, with its reason."""
+    scope = graph.scope
     by_anchor: dict[str, list[Rule]] = {}
     for rule in rules:
         by_anchor.setdefault(rule.anchor, []).append(rule)
@@ -66,28 +67,3 @@ def run_rules(graph: FoldGraph, rules: Sequence[Rule], scope: str = "main") -> P
             result.refusals = refusals
             return result
         candidates = remaining
-
-
-def nested_anchor_refusals(model, rules: Sequence[Rule]) -> list[Refusal]:
-    """Report anchor nodes inside subgraphs (If/Loop/Scan bodies) and model-local functions.
-
-    The pass folds the main graph; these are listed so that nothing is left out silently.
-    """
-    anchors = {rule.anchor: rule.name for rule in rules}
-    refusals: list[Refusal] = []
-
-    def visit(nodes, scope: str, why: str) -> None:
-        for node in nodes:
-            if node.op_type in anchors and scope != "main":
-                refusals.append(Refusal(anchors[node.op_type], node.name, node.op_type, why, "match", scope))
-            for attr in node.attribute:
-                subgraphs = [attr.g] if attr.type == attr.GRAPH else list(attr.graphs)
-                for sub in subgraphs:
-                    inner = f"{'' if scope == 'main' else scope + '/'}{node.name or node.op_type}/{attr.name}"
-                    visit(sub.node, inner, "inside a subgraph: bnfold folds the main graph only, for now")
-
-    visit(model.graph.node, "main", "")
-    for function in model.functions:
-        visit(function.node, f"function {function.domain}.{function.name}",
-              "inside a model-local function: bnfold folds the main graph only, for now")
-    return refusals

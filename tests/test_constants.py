@@ -27,7 +27,7 @@ def parse(body: str, header: str = HEADER) -> onnx.ModelProto:
 
 
 def constant_of(model: onnx.ModelProto, name: str) -> np.ndarray:
-    graph = import_model(model)
+    graph = import_model(model).main
     return graph.constant(graph.graph.tensors()[name])
 
 
