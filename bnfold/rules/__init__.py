@@ -2,7 +2,18 @@
 
 from .base import Fold, Refusal, Rule
 from .conv_bn import ConvBatchNormRule
+from .convtranspose_bn import ConvTransposeBatchNormRule
+from .gemm_bn import GemmBatchNormRule
+from .matmul_bn import MatMulBatchNormRule
 
-DEFAULT_RULES: tuple[Rule, ...] = (ConvBatchNormRule(),)
+DEFAULT_RULES: tuple[Rule, ...] = (
+    ConvBatchNormRule(),
+    ConvTransposeBatchNormRule(),
+    GemmBatchNormRule(),
+    MatMulBatchNormRule(),
+)
 
-__all__ = ["DEFAULT_RULES", "Fold", "Refusal", "Rule", "ConvBatchNormRule"]
+__all__ = [
+    "DEFAULT_RULES", "Fold", "Refusal", "Rule", "ConvBatchNormRule", "ConvTransposeBatchNormRule",
+    "GemmBatchNormRule", "MatMulBatchNormRule",
+]

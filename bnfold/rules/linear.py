@@ -1,0 +1,389 @@
+"""Linear ops seen from their output channels: where the weight keeps them, where the bias goes.
+
+A per-channel affine map ``y = s * x + t`` (a BatchNormalization, or Mul/Add/Sub/Div by
+per-channel constants) right after a linear op folds into it. What differs between linear ops is
+only which weight axis carries the output channels and how the bias is stored; a ``LinearKind``
+says that for one op type, and every "affine after linear" rule works through it:
+
+- Conv: W ``[M, C/g, k...]``, channels on axis 0, bias input 2 ``[M]``.
+- ConvTranspose: W ``[C, M/g, k...]``: channel ``m`` of group ``j`` is ``W[j*C/g:(j+1)*C/g, m - j*M/g]``,
+  so the scale runs along axis 1 within each group; bias input 2 ``[M]``.
+- Gemm: ``y = alpha * A' B' + beta * C``; channels on axis 1 of B (axis 0 with transB=1); the
+  folded bias is ``s * beta * C + t`` with beta set to 1 (C broadcast as scalar, [N], [1, N], [M, N]).
+- MatMul with a constant 2-D weight ``[K, N]`` (channels on axis 1), optionally followed by an Add
+  of a per-channel constant (the bias); an Add is created when there is none.
+
+``find_linear`` walks back from the tensor the affine op reads to the linear op, through its bias
+Add and, for rules that normalize axis 1, a Reshape that keeps the channels on axis 1.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from ..constants import ONNX_DOMAINS
+from ..errors import NoFold
+from ..foldmath import cast_checked, scale_along_axis
+from ..graph import FoldGraph
+from .base import describe
+
+
+@dataclass
+class Linear:
+    """A linear node (and its bias Add / pass-through Reshape) read as ``y = W x + b`` per channel."""
+
+    kind: LinearKind
+    node: gs.Node
+    weight: np.ndarray
+    bias: np.ndarray | None  # as stored: Conv [M], Gemm C (any broadcastable shape), MatMul Add operand
+    channels: int
+    out_rank: int | None  # rank of y, when known
+    channel_axis: int  # axis of y that carries the channels (negative counts from the end)
+    bias_node: gs.Node | None = None  # MatMul's Add
+    via: list[gs.Node] = field(default_factory=list)  # pass-through nodes after the linear op (Reshape)
+
+    @property
+    def tail(self) -> gs.Node:
+        """The node whose first output is the value the affine op reads."""
+        return self.via[-1] if self.via else self.bias_node or self.node
+
+
+@dataclass(frozen=True)
+class FoldedLinear:
+    """New weight and bias for a Linear, already cast (and checked) to their dtypes."""
+
+    linear: Linear
+    weight: np.ndarray
+    bias: np.ndarray
+
+
+class LinearKind(ABC):
+    """How one linear op type stores its output channels; see the module docstring."""
+
+    op: ClassVar[str]
+
+    @abstractmethod
+    def read(self, node: gs.Node, graph: FoldGraph) -> Linear:
+        """The node's constant weight and bias; NoFold when they are not constants of the right form."""
+
+    @abstractmethod
+    def scale_weight(self, linear: Linear, s: np.ndarray) -> np.ndarray:
+        """``W`` with output channel ``c`` multiplied by ``s[c]``, in float64."""
+
+    @abstractmethod
+    def folded_bias(self, linear: Linear, s: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """The bias after folding ``y -> s * y + t``, in float64, in the op's storage layout."""
+
+    @abstractmethod
+    def write(self, folded: FoldedLinear, graph: FoldGraph) -> gs.Node:
+        """Put the new weight and bias in place; returns the node whose first output carries y."""
+
+
+def _weight_and_bias(node: gs.Node, graph: FoldGraph, bias_index: int = 2) -> tuple[np.ndarray, np.ndarray | None]:
+    try:
+        weight = graph.constant(node.inputs[1])
+        has_bias = len(node.inputs) > bias_index and node.inputs[bias_index].name
+        bias = graph.constant(node.inputs[bias_index]) if has_bias else None
+    except NoFold as exc:
+        raise NoFold(f"{describe(node)} has a non-constant weight or bias: {exc.reason}") from None
+    return weight, bias
+
+
+def _label(node: gs.Node) -> str:
+    return node.name or node.outputs[0].name
+
+
+def _replace_weight_and_bias(folded: FoldedLinear, graph: FoldGraph, bias_index: int = 2) -> gs.Node:
+    node = folded.linear.node
+    label = _label(node)
+    graph.replace_input(node, 1, graph.replacement_constant(node.inputs[1], folded.weight, f"{label}.weight_folded"))
+    if len(node.inputs) > bias_index and node.inputs[bias_index].name:
+        new_bias = graph.replacement_constant(node.inputs[bias_index], folded.bias, f"{label}.bias_folded")
+    else:
+        new_bias = graph.new_constant(f"{label}.bias_folded", folded.bias)
+    graph.replace_input(node, bias_index, new_bias)
+    return node
+
+
+class ConvKind(LinearKind):
+    op = "Conv"
+
+    def read(self, node: gs.Node, graph: FoldGraph) -> Linear:
+        weight, bias = _weight_and_bias(node, graph)
+        if weight.ndim < 3:
+            raise NoFold(f"{describe(node)} weight has rank {weight.ndim}; a {self.op} weight has rank >= 3")
+        return Linear(self, node, weight, bias, self.channels(node, weight), weight.ndim, 1)
+
+    def channels(self, node: gs.Node, weight: np.ndarray) -> int:
+        return weight.shape[0]
+
+    def scale_weight(self, linear: Linear, s: np.ndarray) -> np.ndarray:
+        return scale_along_axis(linear.weight, s, 0)
+
+    def folded_bias(self, linear: Linear, s: np.ndarray, t: np.ndarray) -> np.ndarray:
+        b = 0.0 if linear.bias is None else np.asarray(linear.bias, dtype=np.float64).reshape(s.shape)
+        return b * s + t
+
+    def write(self, folded: FoldedLinear, graph: FoldGraph) -> gs.Node:
+        return _replace_weight_and_bias(folded, graph)
+
+
+class ConvTransposeKind(ConvKind):
+    op = "ConvTranspose"
+
+    @staticmethod
+    def _group(node: gs.Node) -> int:
+        return int(node.attrs.get("group", 1))
+
+    def channels(self, node: gs.Node, weight: np.ndarray) -> int:
+        return weight.shape[1] * self._group(node)
+
+    def scale_weight(self, linear: Linear, s: np.ndarray) -> np.ndarray:
+        w = np.asarray(linear.weight, dtype=np.float64)
+        g = self._group(linear.node)
+        if w.shape[0] % g:
+            raise NoFold(f"{describe(linear.node)} weight has {w.shape[0]} input channels, not divisible by group {g}")
+        per_group = w.reshape(g, w.shape[0] // g, *w.shape[1:])
+        scale = s.reshape(g, 1, w.shape[1], *([1] * (w.ndim - 2)))
+        return (per_group * scale).reshape(w.shape)
+
+
+class GemmKind(LinearKind):
+    op = "Gemm"
+
+    def read(self, node: gs.Node, graph: FoldGraph) -> Linear:
+        weight, bias = _weight_and_bias(node, graph)
+        if weight.ndim != 2:
+            raise NoFold(f"{describe(node)} B has rank {weight.ndim}, expected 2")
+        axis = 0 if int(node.attrs.get("transB", 0)) else 1
+        return Linear(self, node, weight, bias, weight.shape[axis], 2, 1)
+
+    def scale_weight(self, linear: Linear, s: np.ndarray) -> np.ndarray:
+        return scale_along_axis(linear.weight, s, 0 if int(linear.node.attrs.get("transB", 0)) else 1)
+
+    def folded_bias(self, linear: Linear, s: np.ndarray, t: np.ndarray) -> np.ndarray:
+        if linear.bias is None:
+            return t.copy()
+        beta = float(linear.node.attrs.get("beta", 1.0))
+        c = np.asarray(linear.bias, dtype=np.float64)
+        if c.ndim == 2 and c.shape[1] not in (1, s.size) or c.ndim > 2:
+            raise NoFold(f"{describe(linear.node)} C has shape {list(c.shape)}, which does not broadcast to [M, {s.size}]")
+        return s * (beta * c) + t  # broadcasting keeps [M, N] and turns scalar, [N], [1, N], [M, 1] into rows
+
+    def write(self, folded: FoldedLinear, graph: FoldGraph) -> gs.Node:
+        node = _replace_weight_and_bias(folded, graph)
+        if float(node.attrs.get("beta", 1.0)) != 1.0:
+            graph.set_attr(node, "beta", 1.0)  # beta is folded into the new C
+        return node
+
+
+class MatMulKind(LinearKind):
+    op = "MatMul"
+
+    def read(self, node: gs.Node, graph: FoldGraph) -> Linear:
+        try:
+            weight = graph.constant(node.inputs[1])
+        except NoFold as exc:
+            raise NoFold(f"{describe(node)} has a non-constant weight: {exc.reason}") from None
+        if weight.ndim != 2:
+            raise NoFold(f"{describe(node)} weight has rank {weight.ndim}; only a 2-D weight [K, N] folds")
+        channels = weight.shape[1]
+        a_rank = rank_of(node.inputs[0], graph)
+        linear = Linear(self, node, weight, None, channels, None if a_rank is None else max(a_rank, 2), -1)
+        add = _bias_add(node, graph)
+        if add is not None:
+            linear.bias_node = add
+            linear.bias = graph.constant(_other_input(add, node.outputs[0]))
+        return linear
+
+    def scale_weight(self, linear: Linear, s: np.ndarray) -> np.ndarray:
+        return scale_along_axis(linear.weight, s, 1)
+
+    def folded_bias(self, linear: Linear, s: np.ndarray, t: np.ndarray) -> np.ndarray:
+        if linear.bias is None:
+            return t.copy()
+        return per_channel(linear.bias, linear.channels, linear.out_rank, -1, "bias") * s + t
+
+    def write(self, folded: FoldedLinear, graph: FoldGraph) -> gs.Node:
+        linear, node = folded.linear, folded.linear.node
+        label = _label(node)
+        graph.replace_input(node, 1, graph.replacement_constant(node.inputs[1], folded.weight, f"{label}.weight_folded"))
+        add = linear.bias_node
+        if add is not None:
+            index = 0 if add.inputs[1] is node.outputs[0] else 1
+            graph.replace_input(add, index, graph.replacement_constant(add.inputs[index], folded.bias, f"{label}.bias_folded"))
+            return add
+        y = node.outputs[0]
+        product = gs.Variable(graph.fresh_name(f"{label}.product"), dtype=y.dtype)
+        graph.replace_output(node, 0, product)
+        bias = graph.new_constant(f"{label}.bias_folded", folded.bias)
+        return graph.add_node("Add", [product, bias], [y], after=node, name=f"{label}.bias_add")
+
+
+KINDS: dict[str, LinearKind] = {k.op: k for k in (ConvKind(), ConvTransposeKind(), GemmKind(), MatMulKind())}
+
+
+def _other_input(node: gs.Node, tensor: gs.Tensor) -> gs.Tensor:
+    a, b = node.inputs[0], node.inputs[1]
+    return b if a is tensor else a
+
+
+def _bias_add(matmul: gs.Node, graph: FoldGraph) -> gs.Node | None:
+    """The Add right after ``matmul`` that adds a constant (its bias), if there is one."""
+    out = matmul.outputs[0]
+    if len(out.outputs) != 1 or graph.is_graph_output(out):
+        return None
+    add = out.outputs[0]
+    if add.op != "Add" or add.domain not in ONNX_DOMAINS or len(add.inputs) != 2 or add.inputs[0] is add.inputs[1]:
+        return None
+    try:
+        graph.constant(_other_input(add, out))
+    except NoFold:
+        return None
+    return add
+
+
+def rank_of(tensor: gs.Tensor, graph: FoldGraph, depth: int = 0) -> int | None:
+    """The rank of ``tensor`` from its declared shape, or from producers that fix it; None if unknown."""
+    if tensor.shape is not None:
+        return len(tensor.shape)
+    node = graph.producer(tensor)
+    if node is None or depth > 8:
+        return None
+    if node.op in ("Flatten", "Gemm"):
+        return 2
+    if node.op == "Reshape":
+        try:
+            return int(np.asarray(graph.constant(node.inputs[1])).size)
+        except NoFold:
+            return None
+    if node.op in ("Relu", "Clip", "Sigmoid", "Tanh", "Identity", "Dropout", "BatchNormalization", "Cast"):
+        return rank_of(node.inputs[0], graph, depth + 1)
+    return None
+
+
+def per_channel(value: np.ndarray, channels: int, out_rank: int | None, channel_axis: int, what: str) -> np.ndarray:
+    """``value`` as a float64 vector of ``channels`` entries, if it broadcasts per output channel.
+
+    ``value`` broadcasts against a y of rank ``out_rank`` whose channels sit on ``channel_axis``:
+    it must be a scalar, or have ``channels`` entries on that axis and 1 on every other axis, and
+    not more dimensions than y (broadcasting would change y's shape). NoFold otherwise.
+    """
+    v = np.asarray(value)
+    if v.size == 1 and (out_rank is None and v.ndim <= 1 or out_rank is not None and v.ndim <= out_rank):
+        return np.full(channels, float(v.reshape(-1)[0].astype(np.float64)))
+    shape = list(v.shape)
+    if out_rank is None:
+        if channel_axis != -1 or v.ndim > 1:
+            raise NoFold(f"the rank of the output is unknown, so {what} of shape {shape} cannot be proven per channel")
+        out_rank = 1
+    if v.ndim > out_rank:
+        raise NoFold(f"{what} of shape {shape} has more dimensions than the output (rank {out_rank})")
+    aligned = [1] * (out_rank - v.ndim) + shape
+    axis = channel_axis % out_rank
+    if aligned[axis] != channels or any(d != 1 for i, d in enumerate(aligned) if i != axis):
+        raise NoFold(f"{what} of shape {shape} is not per output channel (expected {channels} entries on axis {axis})")
+    return v.reshape(channels).astype(np.float64)
+
+
+@dataclass(frozen=True)
+class LinearSite:
+    """Where a linear op sits behind the tensor an affine op reads (structure only, nothing read yet)."""
+
+    node: gs.Node
+    walked: gs.Node  # the node producing the tensor (or the Reshape's input): the linear op or an Add
+    via: tuple[gs.Node, ...]  # pass-through Reshape
+    channel_axis_1: bool
+
+
+def locate_linear(tensor: gs.Tensor, graph: FoldGraph, ops: tuple[str, ...], channel_axis_1: bool = False) -> LinearSite:
+    """Find the linear op (one of ``ops``) behind ``tensor``, through a MatMul's Add and, with
+    ``channel_axis_1`` (the affine op normalizes axis 1, as BN does), a Reshape. Structure only."""
+    via: tuple[gs.Node, ...] = ()
+    node = graph.producer(tensor)
+    if channel_axis_1 and node is not None and node.op == "Reshape" and node.domain in ONNX_DOMAINS:
+        via = (node,)
+        node = graph.producer(node.inputs[0])
+    walked = node
+    if node is not None and node.op == "Add" and "MatMul" in ops:
+        matmuls = [p for p in map(graph.producer, node.inputs[:2]) if p is not None and p.op == "MatMul"]
+        if len(matmuls) == 1:
+            node = matmuls[0]
+    if node is None:
+        raise NoFold(f"its input '{tensor.name}' is an input of the graph, not the output of a linear op")
+    if node.op not in ops or node.domain not in ONNX_DOMAINS:
+        raise NoFold(f"its input '{tensor.name}' comes from {describe(node)}, not a linear op ({', '.join(ops)})")
+    return LinearSite(node, walked, via, channel_axis_1)
+
+
+def read_linear(site: LinearSite, graph: FoldGraph) -> Linear:
+    """Read the constants of the located linear op and check the path from it to the affine op.
+
+    With ``channel_axis_1`` the linear op's channels must land on axis 1: for MatMul that means
+    a 2-D output, and a Reshape in between must be to ``[N, C, 1, ...]`` of a 2-D ``[N, C]``.
+    """
+    linear = KINDS[site.node.op].read(site.node, graph)
+    linear.via = list(site.via)
+    if site.walked is not linear.node and site.walked is not linear.bias_node:
+        raise NoFold(f"{describe(site.walked)} after {describe(linear.node)} does not add a constant bias")
+    chain = [linear.node] + ([linear.bias_node] if linear.bias_node is not None else []) + linear.via
+    for producer, consumer in zip(chain, chain[1:]):
+        require_exclusive(producer, consumer, graph)
+    if linear.via:
+        _check_channel_reshape(linear.via[0], linear, graph)
+    elif site.channel_axis_1 and linear.channel_axis != 1 and linear.out_rank != 2:
+        rank = "unknown" if linear.out_rank is None else str(linear.out_rank)
+        raise NoFold(
+            f"{describe(linear.node)} puts its channels on the last axis, but the output rank is {rank}: "
+            "axis 1 is not the channel axis (only a 2-D output [N, C] folds)"
+        )
+    return linear
+
+
+def require_exclusive(producer: gs.Node, consumer: gs.Node, graph: FoldGraph) -> None:
+    """Refuse unless ``consumer`` is the only reader of ``producer``'s output (folding changes that value)."""
+    out = producer.outputs[0]
+    if graph.is_graph_output(out):
+        raise NoFold(f"{describe(producer)} output '{out.name}' is also a graph output")
+    others = [n for n in out.outputs if n is not consumer]
+    if others:
+        raise NoFold(f"{describe(producer)} output '{out.name}' also feeds {describe(others[0])}")
+
+
+def _check_channel_reshape(reshape: gs.Node, linear: Linear, graph: FoldGraph) -> None:
+    try:
+        shape = [int(d) for d in np.asarray(graph.constant(reshape.inputs[1])).ravel()]
+    except NoFold as exc:
+        raise NoFold(f"{describe(reshape)} has a non-constant shape: {exc.reason}") from None
+    if linear.out_rank != 2 or len(shape) < 2 or shape[1] != linear.channels or any(d != 1 for d in shape[2:]):
+        raise NoFold(
+            f"{describe(reshape)} to {shape} does not keep the {linear.channels} channels of a 2-D "
+            f"{linear.node.op} output on axis 1"
+        )
+
+
+def fold_affine(linear: Linear, s: np.ndarray, t: np.ndarray) -> FoldedLinear:
+    """Fold ``y -> s * y + t`` (float64, per channel) into ``linear``: new weight and bias, cast and checked."""
+    if s.size != linear.channels:
+        raise NoFold(f"{s.size} scale values for the {linear.channels} output channels of {describe(linear.node)}")
+    weight = cast_checked(linear.kind.scale_weight(linear, s), linear.weight.dtype,
+                          f"weight of {describe(linear.node)}", original=linear.weight)
+    bias_dtype = linear.weight.dtype if linear.bias is None else linear.bias.dtype
+    bias = cast_checked(linear.kind.folded_bias(linear, s, t), bias_dtype, f"bias of {describe(linear.node)}")
+    return FoldedLinear(linear, weight, bias)
+
+
+def rewrite_affine(folded: FoldedLinear, affine_node: gs.Node, graph: FoldGraph) -> None:
+    """Write ``folded`` and make the linear op (or its tail) produce what ``affine_node`` produced, then drop it."""
+    tail = folded.linear.kind.write(folded, graph)
+    if folded.linear.via:
+        tail = folded.linear.via[-1]
+    y = affine_node.outputs[0]
+    affine_node.outputs.clear()
+    graph.replace_output(tail, 0, y)  # y keeps its name, dtype and shape
+    graph.remove_node(affine_node)
