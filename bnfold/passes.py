@@ -1,6 +1,6 @@
 """Run rewrite rules over a graph to a fixed point.
 
-Each round offers every live node of a rule's anchor type to the rules for that type, in graph
+Each round offers every live node of a rule's anchor types to the rules for that type, in graph
 order, and applies the first rule whose match and check succeed. Graph order means a chain
 Conv → BN → BN folds in one round (the second BN sees the Conv the first fold left behind);
 rounds repeat until one applies nothing, and that last round's refusals are the report. Only
@@ -23,8 +23,9 @@ class PassResult:
     refusals: list[Refusal] = field(default_factory=list)
 
 
-def _try_rules(node, rules: Sequence[Rule], graph: FoldGraph, scope: str) -> Fold | Refusal:
-    """Apply the first rule that folds ``node``; otherwise the refusal of the rule that came closest."""
+def _try_rules(node, rules: Sequence[Rule], graph: FoldGraph, scope: str) -> Fold | Refusal | None:
+    """Apply the first rule that folds ``node``; otherwise the refusal of the rule that came closest
+    (None when no rule matched and none of them reports unmatched nodes)."""
     best: Refusal | None = None
     for rule in rules:
         stage = "match"
@@ -40,6 +41,8 @@ def _try_rules(node, rules: Sequence[Rule], graph: FoldGraph, scope: str) -> Fol
         fold = rule.rewrite(plan, graph)
         return Fold(fold.rule, fold.node, fold.op, fold.into, fold.into_op, scope)
     assert best is not None
+    if best.stage == "match" and not any(rule.report_unmatched for rule in rules):
+        return None
     return best
 
 
@@ -48,7 +51,8 @@ def run_rules(graph: FoldGraph, rules: Sequence[Rule]) -> PassResult:
     scope = graph.scope
     by_anchor: dict[str, list[Rule]] = {}
     for rule in rules:
-        by_anchor.setdefault(rule.anchor, []).append(rule)
+        for op in rule.anchors:
+            by_anchor.setdefault(op, []).append(rule)
     candidates = [n for n in graph.graph.nodes if n.op in by_anchor]
     result = PassResult()
     while True:
@@ -60,9 +64,10 @@ def run_rules(graph: FoldGraph, rules: Sequence[Rule]) -> PassResult:
             outcome = _try_rules(node, by_anchor[node.op], graph, scope)
             if isinstance(outcome, Fold):
                 result.folds.append(outcome)
-            else:
+                continue
+            if outcome is not None:
                 refusals.append(outcome)
-                remaining.append(node)
+            remaining.append(node)
         if len(remaining) == len(candidates) or not remaining:
             result.refusals = refusals
             return result

@@ -1,7 +1,7 @@
 """What a rewrite rule is, and what a pass reports.
 
 A rule has three parts, each a method:
-- ``match(node, graph)``: structure only. Starting from a node of the rule's ``anchor`` op type,
+- ``match(node, graph)``: structure only. Starting from a node of one of the rule's ``anchors`` op types,
   find the nodes the rule is about, or raise NoFold with what is missing.
 - ``check(match, graph)``: semantics. Read constants, test every precondition, do the fold math.
   Returns a plan (everything ``rewrite`` needs) or raises NoFold with a reason a user can read.
@@ -61,8 +61,12 @@ class Rule(ABC):
 
     #: Short identifier shown in reports and used to turn the rule off.
     name: ClassVar[str]
-    #: Op type of the node a match starts from; the pass only offers these nodes to the rule.
-    anchor: ClassVar[str]
+    #: Op types of the nodes a match starts from; the pass only offers these nodes to the rule.
+    anchors: ClassVar[tuple[str, ...]]
+    #: Whether an anchor node no rule matched is reported as left unfolded. True for
+    #: BatchNormalization (every BN left gets a reason); False for common ops such as Mul or Add,
+    #: which are only worth a word when they matched and then failed a check.
+    report_unmatched: ClassVar[bool] = True
 
     @abstractmethod
     def match(self, node: gs.Node, graph: FoldGraph) -> Any: ...

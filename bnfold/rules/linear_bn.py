@@ -45,7 +45,7 @@ class LinearBNPlan:
 class LinearBatchNormRule(Rule):
     """BN after a linear op of type ``linear_op``; subclasses set ``name`` and ``linear_op``."""
 
-    anchor = "BatchNormalization"
+    anchors = ("BatchNormalization",)
     linear_op: ClassVar[str]
 
     def match(self, bn: gs.Node, graph: FoldGraph) -> LinearBN:
