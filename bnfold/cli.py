@@ -70,9 +70,11 @@ def cli() -> None:
 @click.option("--atol", type=float, default=None, help="Absolute tolerance (default per dtype: float32 1e-4, float16 1e-2).")
 @click.option("--rtol", type=float, default=None, help="Relative tolerance (default per dtype: float32 1e-3, float16 1e-2).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random validation inputs.")
+@click.option("--external-data", is_flag=True,
+              help="Store tensors in a side file <OUTPUT>.data (automatic when the input had external data or the result exceeds 2 GB).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def optimize(model, output, in_place, validate, input_shapes, atol, rtol, seed, as_json, debug) -> int:
+def optimize(model, output, in_place, validate, input_shapes, atol, rtol, seed, external_data, as_json, debug) -> int:
     """Fold MODEL and write the result, validated, atomically.
 
     \b
@@ -89,7 +91,7 @@ def optimize(model, output, in_place, validate, input_shapes, atol, rtol, seed, 
         raise BnfoldError(str(exc)) from None
     try:
         report = run_optimize(model, output, in_place=in_place, validate_output=validate, input_shapes=shapes,
-                              atol=atol, rtol=rtol, seed=seed)
+                              atol=atol, rtol=rtol, seed=seed, external_data=external_data)
     except BnfoldError:
         raise
     except Exception as exc:  # name the file in the one-line error

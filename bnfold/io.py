@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +30,11 @@ def _one_line(exc: BaseException) -> str:
 
 def load_model(path: str | os.PathLike, check: bool = True) -> onnx.ModelProto:
     """Load an ONNX model (external data included), or raise BnfoldError saying what is wrong."""
+    return read_model(path, check)[0]
+
+
+def read_model(path: str | os.PathLike, check: bool = True) -> tuple[onnx.ModelProto, list[Path]]:
+    """Like ``load_model``; also returns the external data files the model's tensors came from."""
     path = Path(path)
     if not path.exists():
         raise BnfoldError(f"{path}: no such file")
@@ -50,32 +56,76 @@ def load_model(path: str | os.PathLike, check: bool = True) -> onnx.ModelProto:
         raise BnfoldError(f"{path}: not an ONNX model (no graph)")
     if model.ir_version <= 0 or not model.opset_import:
         raise BnfoldError(f"{path}: not an ONNX model (no ir_version or opset_import)")
-    try:
-        onnx.external_data_helper.load_external_data_for_model(model, str(path.parent) or ".")
-    except Exception as exc:
-        raise BnfoldError(f"{path}: cannot load external data ({_one_line(exc)})") from None
+    external = external_tensors(model)
+    files: list[Path] = []
+    if external:
+        base = path.parent.resolve()
+        files = sorted({_check_location(path, base, tensor) for tensor in external})
+        try:
+            onnx.external_data_helper.load_external_data_for_model(model, str(base))
+        except Exception as exc:
+            raise BnfoldError(f"{path}: cannot load external data ({_one_line(exc)})") from None
+
     if check:
         try:
             onnx.checker.check_model(model)
         except Exception as exc:
             raise BnfoldError(f"{path}: invalid ONNX model ({_one_line(exc)})") from None
-    return model
+    return model, files
+
+
+def external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    """Tensors (initializers and Constant values, in every subgraph and function) stored in side files."""
+    found: list[onnx.TensorProto] = []
+
+    def visit(nodes, initializers=()) -> None:
+        found.extend(t for t in initializers if t.data_location == onnx.TensorProto.EXTERNAL)
+        for node in nodes:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.TENSOR and attr.t.data_location == onnx.TensorProto.EXTERNAL:
+                    found.append(attr.t)
+                for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
+                    visit(sub.node, sub.initializer)
+
+    visit(model.graph.node, model.graph.initializer)
+    for function in model.functions:
+        visit(function.node)
+    return found
+
+
+def _check_location(path: Path, base: Path, tensor: onnx.TensorProto) -> Path:
+    """The side file of ``tensor``; refused when outside the model's folder (absolute, ``..``, a symlink out)."""
+    location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+    if not location:
+        raise BnfoldError(f"{path}: tensor '{tensor.name}' has external data without a location")
+    target = (base / location).resolve()
+    if os.path.isabs(location) or ".." in Path(location).parts or not target.is_relative_to(base):
+        raise BnfoldError(
+            f"{path}: tensor '{tensor.name}' has external data at '{location}', outside the model's folder; refused"
+        )
+    return target
 
 
 @contextlib.contextmanager
-def atomic_output(dest: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``dest``; on normal exit it is renamed to ``dest``, otherwise removed."""
+def staged_output(dest: str | os.PathLike) -> Iterator[Path]:
+    """Yield where to write ``dest``: a path of the same name in a private folder beside it.
+
+    On normal exit every file written there (the model and its external data file, if any) is
+    renamed into ``dest``'s folder, the model last, so it never points at missing data; on any
+    error the folder is removed and nothing at the destination changed.
+    """
     dest = Path(dest)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent or ".")
-    os.close(fd)
-    tmp_path = Path(tmp)
-    os.chmod(tmp_path, _mode_for(dest))  # mkstemp makes 0600; the result should look like any other file
+    stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent or "."))
+    staged = stage / dest.name
     try:
-        yield tmp_path
-        os.replace(tmp_path, dest)
+        yield staged
+        files = sorted(stage.iterdir(), key=lambda f: f == staged)  # the model last
+        for f in files:
+            target = dest.parent / f.name
+            os.chmod(f, _mode_for(target))
+            os.replace(f, target)
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp_path.unlink()
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def _mode_for(dest: Path) -> int:
@@ -88,13 +138,30 @@ def _mode_for(dest: Path) -> int:
         return 0o666 & ~umask
 
 
-def write_model(model: onnx.ModelProto, path: str | os.PathLike) -> int:
-    """Serialize ``model`` to ``path`` (flushed to disk); returns the number of bytes written."""
-    if model.ByteSize() > PROTOBUF_LIMIT:
-        raise BnfoldError(f"{path}: the folded model exceeds protobuf's 2 GB limit (external data output is not supported yet)")
+def write_model(model: onnx.ModelProto, path: str | os.PathLike, external_data: bool = False) -> int:
+    """Serialize ``model`` to ``path``, flushed to disk; returns the bytes written (side file included).
+
+    With ``external_data``, or when the model would exceed protobuf's 2 GB limit, tensors of 1 KiB
+    or more go to one side file ``<name>.data`` beside it (the model is changed to point at it).
+    """
+    path = Path(path)
+    if external_data or model.ByteSize() > PROTOBUF_LIMIT:
+        data_name = f"{path.name}.data"
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data_name, size_threshold=1024)
+        files = [path, path.parent / data_name]
+        for f in files:
+            if f.exists():
+                _fsync(f)
+        return sum(f.stat().st_size for f in files if f.exists())
     data = model.SerializeToString()
     with open(path, "wb") as fh:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
     return len(data)
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .errors import BnfoldError
 from .folding import FoldResult, fold
-from .io import atomic_output, load_model, write_model
+from .io import read_model, staged_output, write_model
 from .validation import ValidationResult, validate
 
 
@@ -67,23 +67,26 @@ def optimize(
     atol: float | None = None,
     rtol: float | None = None,
     seed: int = 0,
+    external_data: bool = False,
 ) -> Report:
     """Fold ``src`` and write the result to ``dst`` (default ``<stem>.folded.onnx`` beside it).
 
+    The output keeps its tensors in a side file ``<output>.data`` when the input had external
+    data, when it would exceed protobuf's 2 GB, or with ``external_data=True``.
     Raises BnfoldError for unusable input or arguments. When validation fails the report says so
     (``report.ok`` is False) and nothing is written.
     """
     try:
-        return _optimize(src, dst, in_place, validate_output, input_shapes, atol, rtol, seed)
+        return _optimize(src, dst, in_place, validate_output, input_shapes, atol, rtol, seed, external_data)
     except _ValidationFailed as failed:
         return failed.report
 
 
-def _optimize(src, dst, in_place, validate_output, input_shapes, atol, rtol, seed) -> Report:
+def _optimize(src, dst, in_place, validate_output, input_shapes, atol, rtol, seed, external_data) -> Report:
     src = Path(src)
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    model = load_model(src)
+    model, data_files = read_model(src)
     timings["load"] = time.perf_counter() - start
     if in_place and dst is not None and Path(dst).resolve() != src.resolve():
         raise BnfoldError("--in-place and an output path contradict each other; give one")
@@ -101,10 +104,10 @@ def _optimize(src, dst, in_place, validate_output, input_shapes, atol, rtol, see
     except UnicodeDecodeError:
         raise BnfoldError(f"{src}: invalid ONNX model (a text field is not valid UTF-8)") from None
     timings["fold"] = result.seconds
-    report = Report(str(src), str(dst), result, None, False, src.stat().st_size)
-    with atomic_output(dst) as tmp:
+    report = Report(str(src), str(dst), result, None, False, sum(f.stat().st_size for f in [src, *data_files] if f.exists()))
+    with staged_output(dst) as tmp:
         start = time.perf_counter()
-        report.output_bytes = write_model(result.model, tmp)
+        report.output_bytes = write_model(result.model, tmp, external_data=external_data or bool(data_files))
         timings["save"] = time.perf_counter() - start
         if validate_output and result.changed:
             start = time.perf_counter()
@@ -131,7 +134,7 @@ def _check_input_shapes(src: Path, model, shapes: dict[str, list[int]]) -> None:
 
 
 class _ValidationFailed(Exception):
-    """Unwinds ``atomic_output`` (removing the temporary file) while carrying the report out."""
+    """Unwinds ``staged_output`` (removing the staged files) while carrying the report out."""
 
     def __init__(self, report: Report):
         super().__init__("validation failed")

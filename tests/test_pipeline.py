@@ -117,7 +117,7 @@ def test_interrupted_optimize_leaves_no_trace(src, tmp_path, monkeypatch, failin
     dst.write_bytes(b"an earlier result")
     before = folder_state(tmp_path)
 
-    def write_half_then_fail(model, path):
+    def write_half_then_fail(model, path, **options):
         Path(path).write_bytes(model.SerializeToString()[:100])
         raise OSError(28, "No space left on device")
 
