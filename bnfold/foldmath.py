@@ -77,21 +77,105 @@ def cast_checked(values: np.ndarray, dtype, what: str, original: np.ndarray | No
     if not _is_float(dtype):
         raise NoFold(f"{what} has dtype {dtype.name}; only floating-point weights fold")
     info = _finfo(dtype)
-    if not np.all(np.isfinite(values)):
-        raise NoFold(f"folded {what} has non-finite values")
-    with np.errstate(over="ignore"):  # overflow is detected and reported just below
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is detected and reported just below
         cast = values.astype(dtype)
     if not np.all(np.isfinite(cast)):
+        if not np.all(np.isfinite(values)):
+            raise NoFold(f"folded {what} has non-finite values")
         peak = float(np.max(np.abs(values)))
         raise NoFold(f"folded {what} overflows {dtype.name} (max |value| {peak:.4g} > {float(info.max):.4g})")
     if original is not None:
         tiny = float(info.tiny)
-        orig = np.abs(np.asarray(original, dtype=np.float64))
-        lost = (values != 0) & (np.abs(values) < tiny) & (orig >= tiny)
-        if np.any(lost):
-            smallest = float(np.min(np.abs(values[lost])))
-            raise NoFold(
-                f"folded {what} underflows {dtype.name} (|value| {smallest:.3g} below the smallest normal "
-                f"{tiny:.3g}); the unfolded graph keeps that precision"
-            )
+        small = np.abs(cast) < tiny  # zeros and subnormals: rare, so the exact test runs on few elements
+        if np.any(small):
+            folded, orig = values[small], np.abs(np.asarray(original)[small].astype(np.float64))
+            lost = (folded != 0) & (orig >= tiny)
+            if np.any(lost):
+                smallest = float(np.min(np.abs(folded[lost])))
+                raise NoFold(
+                    f"folded {what} underflows {dtype.name} (|value| {smallest:.3g} below the smallest normal "
+                    f"{tiny:.3g}); the unfolded graph keeps that precision"
+                )
     return cast
+
+
+# -- an affine map BEFORE a linear op ----------------------------------------------------------------
+#
+# ``L(s * x + t)`` with the affine map on the linear op's INPUT channels: the scale goes into the
+# weight along its input-channel axis and the shift becomes a bias, ``L(t)`` without L's own bias:
+#
+#     W (s x + t) + b  =  (W diag(s)) x + (b + W t)
+#
+# This is exact only where every output sums over whole input positions: a padded Conv border
+# sees zeros where the unfolded graph saw ``t`` (the rule refuses padded convs; these functions
+# assume no padding).
+
+
+def conv_input_channels(out_channels: int, in_per_group: int, group: int) -> np.ndarray:
+    """``c[m, i]``: the input channel that Conv weight element ``W[m, i, ...]`` reads.
+
+    The weight is ``[M, C/g, k...]``; output channel m belongs to group ``m // (M/g)``, whose
+    input channels start at ``(m // (M/g)) * (C/g)``. Integer array of shape ``[M, C/g]``.
+    """
+    if group < 1 or out_channels % group:
+        raise ValueError(f"{out_channels} output channels are not divisible by group {group}")
+    m = np.arange(out_channels)[:, None]
+    i = np.arange(in_per_group)[None, :]
+    return (m // (out_channels // group)) * in_per_group + i
+
+
+def fold_affine_into_conv_input(weight, bias, s: np.ndarray, t: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fold ``Conv(s * x + t)`` (s, t over the input channels) into ``Conv'(x)``; float64 ``(W', b')``.
+
+    ``W'[m, i, k] = W[m, i, k] * s[c(m, i)]`` and ``b'[m] = b[m] + sum_{i,k} W[m, i, k] * t[c(m, i)]``
+    with ``c`` from ``conv_input_channels`` (grouped and depthwise convs). ``bias`` may be None
+    (b = 0). Valid for any strides and dilations, and only without padding.
+    """
+    w = np.asarray(weight, dtype=np.float64)
+    s, t = np.asarray(s, dtype=np.float64).ravel(), np.asarray(t, dtype=np.float64).ravel()
+    channels = conv_input_channels(w.shape[0], w.shape[1], group)
+    if s.size != w.shape[1] * group or t.size != s.size:
+        raise ValueError(f"{s.size} scales for a weight {list(w.shape)} with group {group}")
+    spread = (slice(None), slice(None)) + (None,) * (w.ndim - 2)  # [M, C/g] -> [M, C/g, 1, ...]
+    w_new = w * s[channels][spread]
+    shift = np.sum(w * t[channels][spread], axis=tuple(range(1, w.ndim)))
+    b = np.zeros(w.shape[0]) if bias is None else np.asarray(bias, dtype=np.float64).reshape(w.shape[0])
+    return w_new, b + shift
+
+
+def fold_affine_into_gemm_input(b_matrix, c, s: np.ndarray, t: np.ndarray, alpha: float, beta: float,
+                                trans_b: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Fold ``Gemm(s * A + t, B, C)`` (transA = 0; s, t over A's columns, the K axis) into ``Gemm'(A)``.
+
+    ``alpha (s A + t) B' + beta C = alpha A (diag(s) B') + (beta C + alpha t B')`` with ``B' = B``
+    (``[K, N]``) or ``B^T`` with ``trans_b``. Returns float64 ``(B'', C'')``: B scaled along its K
+    axis (0, or 1 with ``trans_b``), and the new C for ``beta = 1``: ``beta C + alpha t B'``,
+    broadcast (C scalar, [N], [1, N] give [N] or [1, N]; [M, 1] and [M, N] give [M, N]). ``c`` may
+    be None (no C).
+    """
+    b = np.asarray(b_matrix, dtype=np.float64)
+    s, t = np.asarray(s, dtype=np.float64).ravel(), np.asarray(t, dtype=np.float64).ravel()
+    k_axis = 1 if trans_b else 0
+    if b.ndim != 2 or b.shape[k_axis] != s.size or t.size != s.size:
+        raise ValueError(f"{s.size} scales for B {list(b.shape)} with transB={int(bool(trans_b))}")
+    b_eff = b.T if trans_b else b  # [K, N]
+    shift = float(alpha) * (t @ b_eff)  # [N]
+    if c is None:
+        return scale_along_axis(b, s, k_axis), shift
+    c = np.asarray(c, dtype=np.float64)
+    if c.ndim > 2 or c.ndim >= 1 and c.shape[-1] not in (1, shift.size):
+        raise ValueError(f"C of shape {list(c.shape)} does not broadcast to [M, {shift.size}]")
+    return scale_along_axis(b, s, k_axis), float(beta) * c + shift
+
+
+def fold_affine_into_matmul_input(weight, s: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Fold ``MatMul(s * A + t, W)`` (W ``[K, N]``; s, t over A's last axis K) into ``MatMul(A, W') + shift``.
+
+    Returns float64 ``(W', shift)``: ``W' = diag(s) W`` and ``shift = t W`` (``[N]``), the bias the
+    folded MatMul needs added to reproduce the original product.
+    """
+    w = np.asarray(weight, dtype=np.float64)
+    s, t = np.asarray(s, dtype=np.float64).ravel(), np.asarray(t, dtype=np.float64).ravel()
+    if w.ndim != 2 or w.shape[0] != s.size or t.size != s.size:
+        raise ValueError(f"{s.size} scales for a MatMul weight {list(w.shape)}")
+    return scale_along_axis(w, s, 0), t @ w

@@ -18,6 +18,7 @@ loses IR-3 and overridable initializer inputs).
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,10 @@ from .constants import MAX_CONSTANT_ELEMENTS, evaluate_node, tensor_value
 from .errors import NoFold
 
 G_LOGGER.severity = G_LOGGER.ERROR  # bnfold reports for itself; graphsurgeon's warnings are noise here
+
+#: Values up to this many elements are cached; larger ones (weights) are read once per fold, and
+#: caching them would hold a second copy of the model's weights.
+MAX_CACHED_ELEMENTS = 1 << 16
 
 #: Give up evaluating a constant subgraph deeper than this: it is not a parameter any more.
 MAX_CONSTANT_DEPTH = 64
@@ -92,7 +97,7 @@ class FoldGraph:
         self._touched: set[int] = set()
         self._attr_edits: dict[int, dict[str, Any]] = {}
         self._inserted: list[tuple[gs.Node | None, gs.Node]] = []  # (after this node or at the top, new node)
-        self._new_initializers: dict[str, onnx.TensorProto] = {}
+        self._new_initializers: dict[str, gs.Constant] = {}  # values held as arrays until export
 
     # -- queries -------------------------------------------------------------------------
     @staticmethod
@@ -120,7 +125,8 @@ class FoldGraph:
         if cached is not None and cached[0] is tensor:
             return cached[1]
         value = self._resolve(tensor, depth)
-        self.state.constants[id(tensor)] = (tensor, value)
+        if value.size <= MAX_CACHED_ELEMENTS:  # statistics are read more than once; weights are not
+            self.state.constants[id(tensor)] = (tensor, value)
         return value
 
     def _resolve(self, tensor: gs.Tensor, depth: int) -> np.ndarray:
@@ -151,17 +157,19 @@ class FoldGraph:
         return self.state.fresh(base, self.state.names)
 
     def _constant(self, name: str, values: np.ndarray) -> gs.Tensor:
-        proto = numpy_helper.from_array(np.asarray(values), name)
+        values = np.asarray(values)
         if self.kind == "graph":
-            self._new_initializers[name] = proto
+            # Kept as an array until export writes it into the model: one copy of the new weights.
             self._initializers.add(name)
-            return gs.Constant(name, gs.ir.tensor.LazyValues(proto))
+            constant = gs.Constant(name, values)
+            self._new_initializers[name] = constant
+            return constant
         # Functions have no initializers: the value becomes a Constant node at the top of the body.
-        tensor = gs.Variable(name, dtype=np.asarray(values).dtype, shape=list(np.shape(values)))
+        tensor = gs.Variable(name, dtype=values.dtype, shape=list(values.shape))
         node = gs.Node("Constant", self.state.fresh(f"{name}_constant", self.state.node_names),
-                       attrs={"value": gs.Constant(name, gs.ir.tensor.LazyValues(proto))}, outputs=[tensor])
+                       attrs={"value": gs.Constant(name, values)}, outputs=[tensor])
         self._insert(None, node)
-        self.state.constants[id(tensor)] = (tensor, np.asarray(values))
+        self.state.constants[id(tensor)] = (tensor, values)
         return tensor
 
     def new_constant(self, base: str, values: np.ndarray) -> gs.Tensor:
@@ -275,19 +283,23 @@ class FoldGraph:
         self._patch_node_list(proto)
         if self.kind == "function":
             return
-        new = dict(self._new_initializers)
+        new = self._new_initializers
+        shapes = {name: (c.dtype, c.shape) for name, c in new.items()}
         dropped = self.state.dropped - set(new)
         for tensor in proto.initializer:
             if tensor.name in new:
-                tensor.CopyFrom(new.pop(tensor.name))
+                _export_constant(tensor, new.pop(tensor.name))
         _delete_flagged(proto.initializer, [t.name in dropped for t in proto.initializer])
-        proto.initializer.extend(new.values())
+        while new:
+            _export_constant(proto.initializer.add(), new.pop(next(iter(new))))
         gone = self.state.vanished | dropped
         _delete_flagged(proto.value_info, [v.name in gone for v in proto.value_info])
         if ir_version < 4 and self.scope == "main":  # IR 3: every initializer is also listed as an input
             _delete_flagged(proto.input, [v.name in dropped for v in proto.input])
+            listed = {v.name for v in proto.input}
             proto.input.extend(
-                onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in new.values()
+                onnx.helper.make_tensor_value_info(name, onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype)), list(shape))
+                for name, (dtype, shape) in shapes.items() if name not in listed
             )
 
     def _patch_node_list(self, proto) -> None:
@@ -308,6 +320,20 @@ class FoldGraph:
         removed = sum(1 for n in self._order if id(n) in self._removed)
         if removed:
             del proto.node[len(items) - removed:]
+
+
+def _export_constant(tensor: onnx.TensorProto, constant: gs.Constant) -> None:
+    """Write ``constant``'s values into ``tensor`` (raw little-endian data), once; the constant then
+    reads them from there, so the array can go and the weights are not held twice."""
+    values = np.asarray(constant.values)
+    tensor.Clear()
+    tensor.name = constant.name
+    tensor.data_type = onnx.helper.np_dtype_to_tensor_dtype(values.dtype)
+    tensor.dims.extend(values.shape)
+    if sys.byteorder == "big":
+        values = values.byteswap()
+    tensor.raw_data = np.ascontiguousarray(values).tobytes()
+    constant._values = gs.ir.tensor.LazyValues(tensor)
 
 
 def _attribute_value(value: Any) -> Any:

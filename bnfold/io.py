@@ -57,20 +57,18 @@ def read_model(path: str | os.PathLike, check: bool = True) -> tuple[onnx.ModelP
     if model.ir_version <= 0 or not model.opset_import:
         raise BnfoldError(f"{path}: not an ONNX model (no ir_version or opset_import)")
     external = external_tensors(model)
-    files: list[Path] = []
+    base = path.parent.resolve()
+    files = sorted({_check_location(path, base, tensor) for tensor in external})
+    if check:  # before external data is loaded: the checker then sees a small model
+        try:
+            onnx.checker.check_model(str(path) if external else model)
+        except Exception as exc:
+            raise BnfoldError(f"{path}: invalid ONNX model ({_one_line(exc)})") from None
     if external:
-        base = path.parent.resolve()
-        files = sorted({_check_location(path, base, tensor) for tensor in external})
         try:
             onnx.external_data_helper.load_external_data_for_model(model, str(base))
         except Exception as exc:
             raise BnfoldError(f"{path}: cannot load external data ({_one_line(exc)})") from None
-
-    if check:
-        try:
-            onnx.checker.check_model(model)
-        except Exception as exc:
-            raise BnfoldError(f"{path}: invalid ONNX model ({_one_line(exc)})") from None
     return model, files
 
 

@@ -1,0 +1,182 @@
+"""BatchNormalization → Mul / Add / Sub / Div by per-channel constants: into the BN's own parameters.
+
+Caffe2 exports a "scale layer" after each BN as ``Mul`` and ``Add`` of per-channel constants
+(the onnx package's light_densenet121 has 121 of them). With the elementwise op read as
+``z = s * y + t`` (see ``affine_chain.affine_of``) and ``y = BN(x)``:
+
+    s * (gamma * x_hat + beta) + t  =  (s * gamma) * x_hat + (s * beta + t)
+
+so ``gamma' = s * gamma`` and ``beta' = s * beta + t``; mean, variance and epsilon stay. The
+elementwise node goes, the BN produces its output. A BN that follows a Conv is folded into the
+Conv by conv-bn first (it comes first in graph order), and the op after it then by
+affine-linear; a BN that follows a Relu, a MaxPool or a Concat keeps its node, minus the scale
+layer, and a later BN → Conv fold takes the whole chain with it.
+
+Per channel means along axis 1 of BN's output: for a rank-4 output a scalar, ``[1]``,
+``[C, 1, 1]`` or ``[1, C, 1, 1]``; ``[C]`` only for a 2-D output ``[N, C]``. The output rank comes
+from declared shapes or from the producers that fix it (``output_rank``); when it is unknown,
+only a scalar or ``[1]`` folds.
+
+Preconditions (each refusal names the reason): the BN is an inference op with constant
+statistics of one value per channel; its output is read by this op alone and is not a graph
+output; the operand is a finite constant of the BN's dtype, per channel; the new gamma and beta
+are finite and keep their precision in their dtype (gamma and beta shared with other nodes get
+fresh names, the others keep theirs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from ..constants import ONNX_DOMAINS
+from ..errors import NoFold
+from ..foldmath import cast_checked
+from ..graph import FoldGraph
+from .affine_chain import AFFINE_OPS, Elementwise, affine_of, elementwise_operands, looks_constant, read_operand
+from .base import Fold, Rule, describe
+from .batchnorm import check_inference_only, read_affine
+from .linear import rank_of, require_exclusive
+
+#: Ops whose (first) output has the rank of their first input.
+_SAME_RANK = frozenset(
+    {
+        "Abs", "AveragePool", "BatchNormalization", "Cast", "Ceil", "Clip", "Conv", "ConvTranspose",
+        "Dropout", "Elu", "Erf", "Exp", "Floor", "GlobalAveragePool", "GlobalLpPool", "GlobalMaxPool",
+        "HardSigmoid", "HardSwish", "Identity", "InstanceNormalization", "LRN", "LeakyRelu", "Log",
+        "LogSoftmax", "LpNormalization", "LpPool", "MaxPool", "Neg", "PRelu", "Reciprocal", "Relu",
+        "Selu", "Sigmoid", "Softmax", "Softplus", "Softsign", "Sqrt", "Tanh", "ThresholdedRelu",
+    }
+)
+#: Ops with numpy broadcasting: the output rank is the largest input rank.
+_BROADCAST = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Where"})
+#: Give up following producers further back than this.
+MAX_RANK_DEPTH = 400
+
+
+def output_rank(tensor: gs.Tensor, graph: FoldGraph) -> int | None:
+    """The rank of ``tensor``: declared, or from producers that fix it (None when unknown).
+
+    Extends ``linear.rank_of`` with pooling, Concat and broadcasting ops, which is what a model
+    without value_info (the light model zoo) needs to tell which axis a constant lands on.
+    """
+    memo: dict[int, int | None] = {}
+
+    def visit(t: gs.Tensor, depth: int) -> int | None:
+        if t.shape is not None:
+            return len(t.shape)
+        if id(t) in memo:
+            return memo[id(t)]
+        rank = None
+        node = graph.producer(t)
+        if node is not None and node.domain in ONNX_DOMAINS and node.outputs and node.outputs[0] is t \
+                and depth < MAX_RANK_DEPTH:
+            inputs = [i for i in node.inputs if i.name]
+            if node.op in _SAME_RANK and inputs:
+                rank = visit(inputs[0], depth + 1)
+            elif node.op == "Concat":  # every input has the output's rank
+                rank = next((r for r in (visit(i, depth + 1) for i in inputs) if r is not None), None)
+            elif node.op in _BROADCAST and inputs:
+                ranks = [visit(i, depth + 1) for i in inputs]
+                rank = None if None in ranks else max(ranks)
+            else:
+                rank = rank_of(t, graph)
+        if rank is None and isinstance(t, gs.Variable):
+            rank = _constant_rank(t, graph)
+        memo[id(t)] = rank
+        return rank
+
+    return visit(tensor, 0)
+
+
+def _constant_rank(tensor: gs.Tensor, graph: FoldGraph) -> int | None:
+    """The rank of a constant computed by nodes (an Unsqueeze of a ConstantOfShape, say)."""
+    if not looks_constant(tensor, graph):
+        return None
+    return int(np.ndim(graph.constant(tensor)))
+
+
+@dataclass(frozen=True)
+class BatchNormScale:
+    element: Elementwise
+    bn: gs.Node
+
+
+@dataclass(frozen=True)
+class BatchNormScalePlan:
+    element: Elementwise
+    bn: gs.Node
+    scale: np.ndarray
+    bias: np.ndarray
+
+
+class BatchNormScaleRule(Rule):
+    """Mul/Add/Sub/Div by per-channel constants after a BatchNormalization; see the module docstring."""
+
+    name = "bn-scale"
+    anchors = AFFINE_OPS
+    report_unmatched = False
+
+    def match(self, node: gs.Node, graph: FoldGraph) -> BatchNormScale:
+        for element in elementwise_operands(node, graph):
+            bn = graph.producer(element.y)
+            if bn is None or bn.op != "BatchNormalization" or bn.domain not in ONNX_DOMAINS:
+                continue
+            if bn.outputs[0] is not element.y:
+                continue
+            if node.op == "Div" and element.index == 1:
+                raise NoFold("it divides a constant by the BatchNormalization's output, which is not affine")
+            return BatchNormScale(element, bn)
+        raise NoFold("it does not scale or shift a BatchNormalization's output by a constant")
+
+    def check(self, match: BatchNormScale, graph: FoldGraph) -> BatchNormScalePlan:
+        element, bn = match.element, match.bn
+        try:
+            check_inference_only(bn, graph)
+            gamma, beta = _constant_parameters(bn, graph)
+            read_affine(bn, graph, gamma.size)  # mean and variance: constants of the same size, finite map
+        except NoFold as exc:
+            raise NoFold(f"{describe(bn)} before it: {exc.reason}") from None
+        require_exclusive(bn, element.node, graph)
+        y = element.y
+        dtype = y.dtype if y.dtype is not None else bn.inputs[0].dtype
+        if dtype is None and graph.opset < 15:  # before opset 15 the parameters have the type of X
+            dtype = gamma.dtype
+        c = read_operand(element, graph, dtype, output_rank(y, graph), gamma.size, 1)
+        s, t = affine_of(element, c)
+        g64, b64 = gamma.astype(np.float64), beta.astype(np.float64)
+        scale = cast_checked(s * g64, gamma.dtype, f"scale of {describe(bn)}", original=gamma)
+        bias = cast_checked(s * b64 + t, beta.dtype, f"bias of {describe(bn)}", original=beta)
+        return BatchNormScalePlan(element, bn, scale, bias)
+
+    def rewrite(self, plan: BatchNormScalePlan, graph: FoldGraph) -> Fold:
+        bn, node = plan.bn, plan.element.node
+        label = bn.name or bn.outputs[0].name
+        new_scale = graph.replacement_constant(bn.inputs[1], plan.scale, f"{label}.scale_folded")
+        graph.replace_input(bn, 1, new_scale)
+        new_bias = graph.replacement_constant(bn.inputs[2], plan.bias, f"{label}.bias_folded")
+        graph.replace_input(bn, 2, new_bias)
+        z = node.outputs[0]
+        node.outputs.clear()
+        graph.replace_output(bn, 0, z)  # z keeps its name, dtype and shape
+        graph.remove_node(node)
+        return Fold(self.name, node.name, node.op, bn.name, bn.op)
+
+
+def _constant_parameters(bn: gs.Node, graph: FoldGraph) -> tuple[np.ndarray, np.ndarray]:
+    """BN's scale (gamma) and bias (beta), constants of one shape [C]."""
+    values = []
+    for label, tensor in (("scale", bn.inputs[1]), ("bias", bn.inputs[2])):
+        try:
+            value = np.asarray(graph.constant(tensor))
+        except NoFold as exc:
+            raise NoFold(f"its {label} is not a constant: {exc.reason}") from None
+        if value.ndim != 1:
+            raise NoFold(f"its {label} '{tensor.name}' has shape {list(value.shape)}, expected [C]")
+        values.append(value)
+    gamma, beta = values
+    if beta.shape != gamma.shape:
+        raise NoFold(f"its bias has {beta.size} values, its scale {gamma.size}")
+    return gamma, beta
