@@ -124,7 +124,8 @@ def conv_input_channels(out_channels: int, in_per_group: int, group: int) -> np.
     return (m // (out_channels // group)) * in_per_group + i
 
 
-def fold_affine_into_conv_input(weight, bias, s: np.ndarray, t: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray]:
+def fold_affine_into_conv_input(weight, bias, s: np.ndarray, t: np.ndarray,
+                                group: int) -> tuple[np.ndarray, np.ndarray]:
     """Fold ``Conv(s * x + t)`` (s, t over the input channels) into ``Conv'(x)``; float64 ``(W', b')``.
 
     ``W'[m, i, k] = W[m, i, k] * s[c(m, i)]`` and ``b'[m] = b[m] + sum_{i,k} W[m, i, k] * t[c(m, i)]``

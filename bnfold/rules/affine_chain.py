@@ -14,8 +14,9 @@ Conv → Mul → Add → Sub folds one op per fold: each fold leaves a Conv the 
 "Matched" (worth a word in the report when it then does not fold) means: one operand comes from
 a linear op with a constant weight (for MatMul: directly, or through its constant bias Add) and
 the other operand looks like a constant. A product of two activations, or a scaled attention
-score ``MatMul(Q, K^T) / c``, is never reported. An Add that linear.py already reads as a MatMul's
-own bias is not a match either: folding it into itself would change nothing.
+score ``MatMul(Q, K^T) / c``, is never reported. An Add of a constant right after a MatMul is not a
+match either: linear.py reads it as the MatMul's bias, and folding it would only put a new bias
+Add in its place (an op after it folds into both, weight and bias).
 
 Preconditions (each refusal names the reason):
 - the operand is a constant (not a graph input, not an overridable initializer) of the output's dtype,
@@ -38,13 +39,12 @@ import onnx_graphsurgeon as gs
 
 from ..constants import FOLDABLE_CONSTANT_OPS, ONNX_DOMAINS
 from ..errors import NoFold
-from ..graph import FoldGraph
+from ..graph import MAX_CONSTANT_DEPTH, FoldGraph
 from .base import Fold, Rule, describe
 from .linear import (
     KINDS,
     FoldedLinear,
     LinearSite,
-    _bias_add,
     fold_affine,
     locate_linear,
     per_channel,
@@ -84,14 +84,27 @@ def looks_constant(tensor: gs.Tensor, graph: FoldGraph) -> bool:
     """
     if isinstance(tensor, gs.Constant):
         return True
-    producer = graph.producer(tensor)
-    if producer is None or producer.domain not in ONNX_DOMAINS or producer.op not in FOLDABLE_CONSTANT_OPS:
+    if not _made_of_constants(tensor, graph, 0):
         return False
     try:
         graph.constant(tensor)
     except NoFold:
         return False
     return True
+
+
+def _made_of_constants(tensor: gs.Tensor, graph: FoldGraph, depth: int) -> bool:
+    """Whether every path back from ``tensor`` ends in initializers through ops constants are made
+    with: a structural pre-test that stops at the first activation (``graph.constant`` would
+    evaluate everything up to the graph inputs before giving up)."""
+    if isinstance(tensor, gs.Constant):
+        return True
+    producer = graph.producer(tensor)
+    if producer is None or depth >= MAX_CONSTANT_DEPTH:
+        return False
+    if producer.domain not in ONNX_DOMAINS or producer.op not in FOLDABLE_CONSTANT_OPS:
+        return False
+    return all(_made_of_constants(t, graph, depth + 1) for t in producer.inputs if t.name)
 
 
 def elementwise_operands(node: gs.Node, graph: FoldGraph) -> list[Elementwise]:
@@ -124,6 +137,13 @@ def read_operand(element: Elementwise, graph: FoldGraph, dtype, rank: int | None
     if not np.all(np.isfinite(vector)):
         raise NoFold(f"its operand '{tensor.name}' has non-finite values")
     return vector
+
+
+def require_same_scope(node: gs.Node, graph: FoldGraph) -> None:
+    """Refuse to fold into ``node`` from a subgraph when ``node`` lives in an enclosing graph: the
+    edits of one scope are written back into that scope's proto only."""
+    if graph.state.owner.get(id(node)) is not graph:
+        raise NoFold(f"{describe(node)} is in an enclosing graph; bnfold does not fold across graph scopes")
 
 
 def _numpy_dtype(dtype) -> np.dtype | None:
@@ -173,7 +193,8 @@ def _locate(element: Elementwise, graph: FoldGraph) -> LinearSite:
     if site.walked is not site.node:  # an Add after a MatMul: only its constant bias Add leads back to it
         others = [t for t in site.walked.inputs[:2] if graph.producer(t) is not site.node]
         if len(others) != 1 or not looks_constant(others[0], graph):
-            raise NoFold(f"its input comes from {describe(site.walked)}, which adds an activation to {describe(site.node)}")
+            raise NoFold(f"its input comes from {describe(site.walked)}, which adds an activation to "
+                         f"{describe(site.node)}")
     if len(site.node.inputs) < 2 or not looks_constant(site.node.inputs[1], graph):
         raise NoFold(f"{describe(site.node)} has no constant weight: it is not a layer to fold into")
     return site
@@ -199,14 +220,16 @@ class AffineAfterLinearRule(Rule):
                 continue
             if node.op == "Div" and element.index == 1:
                 raise NoFold("it divides a constant by the linear op's output, which is not affine")
-            if node.op == "Add" and site.node.op == "MatMul" and site.walked is site.node \
-                    and _bias_add(site.node, graph) is node:
+            if node.op == "Add" and site.node.op == "MatMul" and site.walked is site.node:
+                # linear.py reads an Add of a constant right after a MatMul as its bias: folding it
+                # would only put a new bias Add in its place
                 raise NoFold(f"it is the bias of {describe(site.node)} already: nothing to fold")
             return AffineAfterLinear(element, site)
         raise NoFold(reasons[0])
 
     def check(self, match: AffineAfterLinear, graph: FoldGraph) -> AffineAfterLinearPlan:
         element = match.element
+        require_same_scope(match.site.node, graph)
         linear = read_linear(match.site, graph)
         require_exclusive(linear.tail, element.node, graph)
         out_dtype = linear.weight.dtype if linear.bias is None else linear.bias.dtype
@@ -228,7 +251,8 @@ def _rewrite_weight_only(folded: FoldedLinear, node: gs.Node, graph: FoldGraph) 
     (for MatMul that would be a new Add node in place of the removed Mul)."""
     linear = folded.linear.node
     label = linear.name or linear.outputs[0].name
-    graph.replace_input(linear, 1, graph.replacement_constant(linear.inputs[1], folded.weight, f"{label}.weight_folded"))
+    weight = graph.replacement_constant(linear.inputs[1], folded.weight, f"{label}.weight_folded")
+    graph.replace_input(linear, 1, weight)
     y = node.outputs[0]
     node.outputs.clear()
     graph.replace_output(linear, 0, y)

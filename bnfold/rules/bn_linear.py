@@ -49,7 +49,7 @@ from ..foldmath import (
 from ..graph import FoldGraph
 from .base import Fold, Rule, describe
 from .batchnorm import check_inference_only, read_affine
-from .linear import KINDS, FoldedLinear, Linear, per_channel, rank_of
+from .linear import KINDS, FoldedLinear, Linear, per_channel, rank_of, with_bias_add
 
 
 class InputSide(ABC):
@@ -83,9 +83,13 @@ class ConvInput(InputSide):
     def group(node: gs.Node) -> int:
         return int(node.attrs.get("group", 1))
 
+    @staticmethod
+    def auto_pad(node: gs.Node) -> str:
+        value = node.attrs.get("auto_pad", "NOTSET")
+        return value.decode() if isinstance(value, bytes) else str(value)
+
     def check_structure(self, node: gs.Node, graph: FoldGraph) -> None:
-        auto_pad = node.attrs.get("auto_pad", "NOTSET")
-        auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
+        auto_pad = self.auto_pad(node)
         if auto_pad in ("NOTSET", "VALID"):
             pads = [int(p) for p in node.attrs.get("pads", [])] if auto_pad == "NOTSET" else []
             if any(pads):
@@ -102,8 +106,7 @@ class ConvInput(InputSide):
         g = self.group(node)
         if g < 1 or w.shape[0] % g:
             raise NoFold(f"{describe(node)} has {w.shape[0]} output channels, not divisible by group {g}")
-        auto_pad = node.attrs.get("auto_pad", "NOTSET")
-        auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
+        auto_pad = self.auto_pad(node)
         if auto_pad.startswith("SAME") and any(k != 1 for k in w.shape[2:]):
             # SAME pads max(0, (ceil(n / stride) - 1) * stride + (k - 1) * dilation + 1 - n) per axis:
             # zero for every input size n only when k = 1.
@@ -160,14 +163,14 @@ class MatMulInput(InputSide):
     def check_structure(self, node: gs.Node, graph: FoldGraph) -> None:
         rank = rank_of(node.inputs[0], graph)
         if rank != 2:
-            known = "unknown" if rank is None else str(rank)
+            known = "of unknown rank" if rank is None else f"of rank {rank}"
             raise NoFold(
-                f"{describe(node)} reads an activation of rank {known}: BN normalizes axis 1 and the MatMul "
+                f"{describe(node)} reads an activation {known}: BN normalizes axis 1 and the MatMul "
                 "weight reads the last axis, which coincide only for a 2-D activation [N, K]"
             )
 
     def read(self, node: gs.Node, graph: FoldGraph) -> Linear:
-        linear = super().read(node, graph)
+        linear = with_bias_add(super().read(node, graph), graph)
         if linear.bias_node is not None:
             try:
                 per_channel(linear.bias, linear.channels, 2, -1, "bias")
@@ -189,6 +192,7 @@ class MatMulInput(InputSide):
 
 
 SIDES: dict[str, InputSide] = {k.op: k for k in (ConvInput(), GemmInput(), MatMulInput())}
+_READERS = "Conv, Gemm or MatMul"
 
 
 @dataclass(frozen=True)
@@ -224,7 +228,7 @@ class BatchNormLinearRule(Rule):
         out = bn.outputs[0]
         consumers = _unique(graph.consumers(out))
         if not any(n.op in SIDES and n.domain in ONNX_DOMAINS and n.inputs and n.inputs[0] is out for n in consumers):
-            raise NoFold(f"its output '{out.name}' is not the data input of a {', '.join(SIDES)}")
+            raise NoFold(f"its output '{out.name}' is not the data input of a {_READERS}")
         return BNLinear(bn, consumers)
 
     def check(self, match: BNLinear, graph: FoldGraph) -> BNLinearPlan:
@@ -259,8 +263,8 @@ class BatchNormLinearRule(Rule):
         if graph.state.owner.get(id(node)) is not graph:
             raise NoFold(f"its output '{out.name}' is also read by {describe(node)} in another graph scope")
         if node.op not in SIDES or node.domain not in ONNX_DOMAINS:
-            raise NoFold(f"its output '{out.name}' also feeds {describe(node)}, which is not a "
-                         f"{', '.join(SIDES)}: it needs BN's values")
+            raise NoFold(f"its output '{out.name}' also feeds {describe(node)}, which is not a {_READERS}: "
+                         "it needs BN's values")
         positions = [i for i, t in enumerate(node.inputs) if t is out]
         if positions != [0]:
             where = " and ".join(f"input {i}" for i in positions)

@@ -35,7 +35,9 @@ from ..constants import ONNX_DOMAINS
 from ..errors import NoFold
 from ..foldmath import cast_checked
 from ..graph import FoldGraph
-from .affine_chain import AFFINE_OPS, Elementwise, affine_of, elementwise_operands, looks_constant, read_operand
+from .affine_chain import (
+    AFFINE_OPS, Elementwise, affine_of, elementwise_operands, looks_constant, read_operand, require_same_scope,
+)
 from .base import Fold, Rule, describe
 from .batchnorm import check_inference_only, read_affine
 from .linear import rank_of, require_exclusive
@@ -52,8 +54,8 @@ _SAME_RANK = frozenset(
 )
 #: Ops with numpy broadcasting: the output rank is the largest input rank.
 _BROADCAST = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Where"})
-#: Give up following producers further back than this.
-MAX_RANK_DEPTH = 400
+#: Give up following producers further back than this (one Python frame each; DenseNet-121 needs ~100).
+MAX_RANK_DEPTH = 200
 
 
 def output_rank(tensor: gs.Tensor, graph: FoldGraph) -> int | None:
@@ -76,11 +78,19 @@ def output_rank(tensor: gs.Tensor, graph: FoldGraph) -> int | None:
             inputs = [i for i in node.inputs if i.name]
             if node.op in _SAME_RANK and inputs:
                 rank = visit(inputs[0], depth + 1)
-            elif node.op == "Concat":  # every input has the output's rank
-                rank = next((r for r in (visit(i, depth + 1) for i in inputs) if r is not None), None)
-            elif node.op in _BROADCAST and inputs:
-                ranks = [visit(i, depth + 1) for i in inputs]
-                rank = None if None in ranks else max(ranks)
+            elif node.op == "Concat":  # every input has the output's rank: the first one known
+                for i in inputs:
+                    rank = visit(i, depth + 1)
+                    if rank is not None:
+                        break
+            elif node.op in _BROADCAST and inputs:  # the largest, if every input's is known
+                rank = 0
+                for i in inputs:
+                    r = visit(i, depth + 1)
+                    if r is None:
+                        rank = None
+                        break
+                    rank = max(rank, r)
             else:
                 rank = rank_of(t, graph)
         if rank is None and isinstance(t, gs.Variable):
@@ -133,6 +143,7 @@ class BatchNormScaleRule(Rule):
 
     def check(self, match: BatchNormScale, graph: FoldGraph) -> BatchNormScalePlan:
         element, bn = match.element, match.bn
+        require_same_scope(bn, graph)
         try:
             check_inference_only(bn, graph)
             gamma, beta = _constant_parameters(bn, graph)

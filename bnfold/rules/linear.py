@@ -192,14 +192,8 @@ class MatMulKind(LinearKind):
             raise NoFold(f"{describe(node)} has a non-constant weight: {exc.reason}") from None
         if weight.ndim != 2:
             raise NoFold(f"{describe(node)} weight has rank {weight.ndim}; only a 2-D weight [K, N] folds")
-        channels = weight.shape[1]
         a_rank = rank_of(node.inputs[0], graph)
-        linear = Linear(self, node, weight, None, channels, None if a_rank is None else max(a_rank, 2), -1)
-        add = _bias_add(node, graph)
-        if add is not None:
-            linear.bias_node = add
-            linear.bias = graph.constant(_other_input(add, node.outputs[0]))
-        return linear
+        return Linear(self, node, weight, None, weight.shape[1], None if a_rank is None else max(a_rank, 2), -1)
 
     def scale_weight(self, linear: Linear, s: np.ndarray) -> np.ndarray:
         return scale_along_axis(linear.weight, s, 1)
@@ -233,8 +227,8 @@ def _other_input(node: gs.Node, tensor: gs.Tensor) -> gs.Tensor:
     return b if a is tensor else a
 
 
-def _bias_add(matmul: gs.Node, graph: FoldGraph) -> gs.Node | None:
-    """The Add right after ``matmul`` that adds a constant (its bias), if there is one."""
+def matmul_bias_add(matmul: gs.Node, graph: FoldGraph) -> gs.Node | None:
+    """The Add that alone reads ``matmul``'s output and adds a constant to it (its bias), if any."""
     out = matmul.outputs[0]
     if len(out.outputs) != 1 or graph.is_graph_output(out):
         return None
@@ -246,6 +240,15 @@ def _bias_add(matmul: gs.Node, graph: FoldGraph) -> gs.Node | None:
     except NoFold:
         return None
     return add
+
+
+def with_bias_add(linear: Linear, graph: FoldGraph) -> Linear:
+    """``linear`` (a MatMul read on its own) with its bias Add attached, when it has one."""
+    add = matmul_bias_add(linear.node, graph)
+    if add is not None:
+        linear.bias_node = add
+        linear.bias = graph.constant(_other_input(add, linear.node.outputs[0]))
+    return linear
 
 
 def rank_of(tensor: gs.Tensor, graph: FoldGraph, depth: int = 0) -> int | None:
@@ -329,8 +332,13 @@ def read_linear(site: LinearSite, graph: FoldGraph) -> Linear:
     """
     linear = KINDS[site.node.op].read(site.node, graph)
     linear.via = list(site.via)
-    if site.walked is not linear.node and site.walked is not linear.bias_node:
-        raise NoFold(f"{describe(site.walked)} after {describe(linear.node)} does not add a constant bias")
+    if site.walked is not linear.node:  # MatMul → Add: the Add must add a constant, its bias
+        add = site.walked
+        try:
+            linear.bias = graph.constant(_other_input(add, linear.node.outputs[0]))
+        except NoFold as exc:
+            raise NoFold(f"{describe(add)} after {describe(linear.node)} does not add a constant bias: {exc.reason}") from None
+        linear.bias_node = add
     chain = [linear.node] + ([linear.bias_node] if linear.bias_node is not None else []) + linear.via
     for producer, consumer in zip(chain, chain[1:]):
         require_exclusive(producer, consumer, graph)
