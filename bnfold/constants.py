@@ -75,12 +75,17 @@ def _label(node: gs.Node) -> str:
     return f"'{node.name}', " if node.name else ""
 
 
-def evaluate_node(node: gs.Node, inputs: list[np.ndarray | None], opset: int) -> list[np.ndarray]:
-    """Compute the outputs of ``node`` given its constant ``inputs`` (None for omitted optionals)."""
+def check_evaluable(node: gs.Node) -> None:
+    """NoFold unless ``node`` is a deterministic op ``evaluate_node`` may compute from constants."""
     if node.domain not in ONNX_DOMAINS:
         raise NoFold(f"'{node.outputs[0].name}' comes from {_label(node)}a {node.domain}::{node.op} node, not a constant")
     if node.op not in FOLDABLE_CONSTANT_OPS:
         raise NoFold(f"'{node.outputs[0].name}' comes from {_label(node)}a {node.op} node, not a constant")
+
+
+def evaluate_node(node: gs.Node, inputs: list[np.ndarray | None], opset: int) -> list[np.ndarray]:
+    """Compute the outputs of ``node`` given its constant ``inputs`` (None for omitted optionals)."""
+    check_evaluable(node)
     if node.op == "Constant":
         return [_constant_node_value(node)]
     if node.op == "Identity":
@@ -98,8 +103,16 @@ def evaluate_node(node: gs.Node, inputs: list[np.ndarray | None], opset: int) ->
     attrs = {k: _to_proto_attr(v) for k, v in node.attrs.items()}
     proto = onnx.helper.make_node(node.op, names, outputs, **attrs)
     feeds = {n: v for n, v in zip(names, inputs) if n}
+    # A one-node model, so that the node runs at the model's opset (a bare NodeProto runs at the
+    # newest one, where e.g. Unsqueeze takes axes as an input instead of an attribute).
+    graph = onnx.helper.make_graph(
+        [proto], "constant",
+        [onnx.helper.make_tensor_value_info(n, onnx.helper.np_dtype_to_tensor_dtype(v.dtype), None) for n, v in feeds.items()],
+        [onnx.helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in outputs],
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
     try:
-        evaluator = ReferenceEvaluator(proto, opsets={"": opset})
+        evaluator = ReferenceEvaluator(model)
         return list(evaluator.run(None, feeds))
     except Exception as exc:  # an evaluation failure means: not a constant we can use
         raise NoFold(f"could not evaluate {node.op} '{node.name}' on constant inputs ({exc})") from None

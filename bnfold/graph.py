@@ -28,7 +28,7 @@ import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 from onnx_graphsurgeon.logger.logger import G_LOGGER
 
-from .constants import MAX_CONSTANT_ELEMENTS, evaluate_node, tensor_value
+from .constants import MAX_CONSTANT_ELEMENTS, check_evaluable, evaluate_node, tensor_value
 from .errors import NoFold
 
 G_LOGGER.severity = G_LOGGER.ERROR  # bnfold reports for itself; graphsurgeon's warnings are noise here
@@ -143,6 +143,7 @@ class FoldGraph:
             raise NoFold(f"'{name}' has no producer (an input of an enclosing graph)")
         if depth >= MAX_CONSTANT_DEPTH:
             raise NoFold(f"'{name}' comes from a constant subgraph deeper than {MAX_CONSTANT_DEPTH} nodes")
+        check_evaluable(node)  # before walking further up: activations are refused at once
         inputs = [None if not t.name else self.constant(t, depth + 1) for t in node.inputs]
         if any(v is not None and v.size > MAX_CONSTANT_ELEMENTS for v in inputs):
             raise NoFold(f"'{name}' is computed from a tensor too large to evaluate")

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import ml_dtypes
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 PARAM_MODES = (
     "initializer",

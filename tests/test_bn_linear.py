@@ -33,7 +33,6 @@ from bnfold.foldmath import (
     fold_affine_into_matmul_input,
 )
 from bnfold.rules import DEFAULT_RULES, Fold
-from bnfold.rules.bn_linear import BatchNormLinearRule
 from bnfold.tolerances import tolerance_for
 from conftest import (
     assert_equivalent,
@@ -47,13 +46,15 @@ from conftest import (
     run_ort,
 )
 
-RULES = (*DEFAULT_RULES, BatchNormLinearRule())
+RULES = DEFAULT_RULES
 
 
 def fold(model: onnx.ModelProto, folds: int = 1) -> bnfold.FoldResult:
-    """Fold with the default rules and bn-linear; assert ``folds`` folds, no refusal, a valid model."""
+    """Fold with the default rules; assert ``folds`` folds, no BN refused, a valid model.
+
+    (An Add that bn-linear leaves after a MatMul may be reported by the affine-linear rule.)"""
     result = bnfold.fold(model, rules=RULES)
-    assert [r.reason for r in result.refusals] == []
+    assert [r.reason for r in result.refusals if r.op == "BatchNormalization"] == []
     assert len(result.folds) == folds, result.folds
     check_full(result.model)
     return result

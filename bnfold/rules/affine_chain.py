@@ -139,13 +139,6 @@ def read_operand(element: Elementwise, graph: FoldGraph, dtype, rank: int | None
     return vector
 
 
-def require_same_scope(node: gs.Node, graph: FoldGraph) -> None:
-    """Refuse to fold into ``node`` from a subgraph when ``node`` lives in an enclosing graph: the
-    edits of one scope are written back into that scope's proto only."""
-    if graph.state.owner.get(id(node)) is not graph:
-        raise NoFold(f"{describe(node)} is in an enclosing graph; bnfold does not fold across graph scopes")
-
-
 def _numpy_dtype(dtype) -> np.dtype | None:
     """``dtype`` as a numpy dtype; None when unknown (graphsurgeon leaves types numpy lacks as ONNX enums)."""
     try:
@@ -229,7 +222,6 @@ class AffineAfterLinearRule(Rule):
 
     def check(self, match: AffineAfterLinear, graph: FoldGraph) -> AffineAfterLinearPlan:
         element = match.element
-        require_same_scope(match.site.node, graph)
         linear = read_linear(match.site, graph)
         require_exclusive(linear.tail, element.node, graph)
         out_dtype = linear.weight.dtype if linear.bias is None else linear.bias.dtype

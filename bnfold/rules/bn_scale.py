@@ -36,11 +36,11 @@ from ..errors import NoFold
 from ..foldmath import cast_checked
 from ..graph import FoldGraph
 from .affine_chain import (
-    AFFINE_OPS, Elementwise, affine_of, elementwise_operands, looks_constant, read_operand, require_same_scope,
+    AFFINE_OPS, Elementwise, affine_of, elementwise_operands, looks_constant, read_operand,
 )
 from .base import Fold, Rule, describe
 from .batchnorm import check_inference_only, read_affine
-from .linear import rank_of, require_exclusive
+from .linear import rank_of, require_exclusive, require_same_scope
 
 #: Ops whose (first) output has the rank of their first input.
 _SAME_RANK = frozenset(

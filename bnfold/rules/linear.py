@@ -324,12 +324,21 @@ def locate_linear(tensor: gs.Tensor, graph: FoldGraph, ops: tuple[str, ...], cha
     return LinearSite(node, walked, via, channel_axis_1)
 
 
+def require_same_scope(node: gs.Node, graph: FoldGraph) -> None:
+    """Refuse to fold into ``node`` from a subgraph when ``node`` lives in an enclosing graph: the
+    edits of one scope are written back into that scope's proto only."""
+    if graph.state.owner.get(id(node)) is not graph:
+        raise NoFold(f"{describe(node)} is in an enclosing graph; bnfold does not fold across graph scopes")
+
+
 def read_linear(site: LinearSite, graph: FoldGraph) -> Linear:
     """Read the constants of the located linear op and check the path from it to the affine op.
 
     With ``channel_axis_1`` the linear op's channels must land on axis 1: for MatMul that means
     a 2-D output, and a Reshape in between must be to ``[N, C, 1, ...]`` of a 2-D ``[N, C]``.
     """
+    for node in (site.node, site.walked, *site.via):
+        require_same_scope(node, graph)
     linear = KINDS[site.node.op].read(site.node, graph)
     linear.via = list(site.via)
     if site.walked is not linear.node:  # MatMul → Add: the Add must add a constant, its bias
