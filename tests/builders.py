@@ -467,3 +467,12 @@ def conv_bn_bytes_invalid_for_checker() -> bytes:
     bn = next(n for n in model.graph.node if n.op_type == "BatchNormalization")
     bn.input[0] = "undefined_tensor"
     return model.SerializeToString()
+
+
+def symbolic_spatial_model() -> onnx.ModelProto:
+    """Unpadded 3x3 Conv+BN on input [1, 4, H, W]: with H = W = 1 (the default) it cannot run."""
+    model = conv_bn_model()
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_param, dims[3].dim_param = "H", "W"
+    onnx.checker.check_model(model, full_check=True)
+    return model

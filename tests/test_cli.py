@@ -119,14 +119,6 @@ def fold_and_refusal_model() -> onnx.ModelProto:
     return model
 
 
-def symbolic_spatial_model() -> onnx.ModelProto:
-    """Unpadded 3x3 Conv+BN whose input is [1, 4, H, W]: with H = W = 1 (the default) it cannot run."""
-    model = builders.conv_bn_model()
-    dims = model.graph.input[0].type.tensor_type.shape.dim
-    dims[2].dim_param, dims[3].dim_param = "H", "W"
-    onnx.checker.check_model(model, full_check=True)
-    return model
-
 
 def current_umask() -> int:
     mask = os.umask(0)
@@ -378,7 +370,7 @@ def test_failed_validation_leaves_existing_files_alone(tmp_path, target):
 
 def test_model_that_cannot_run_with_default_shapes(tmp_path):
     """Symbolic H, W default to 1, too small for an unpadded 3x3 Conv: exit 1 with a hint."""
-    src = save(symbolic_spatial_model(), tmp_path / "sym.onnx")
+    src = save(builders.symbolic_spatial_model(), tmp_path / "sym.onnx")
     before = folder_state(tmp_path)
 
     result = run("optimize", src, "--json")

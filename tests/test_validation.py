@@ -56,14 +56,6 @@ def ort_outputs(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np
     return session.run(None, feeds)
 
 
-def symbolic_spatial_model() -> onnx.ModelProto:
-    """Unpadded 3x3 Conv+BN on input [1, 4, H, W]: with H = W = 1 (the default) it cannot run."""
-    model = builders.conv_bn_model()
-    dims = model.graph.input[0].type.tensor_type.shape.dim
-    dims[2].dim_param, dims[3].dim_param = "H", "W"
-    onnx.checker.check_model(model, full_check=True)
-    return model
-
 
 def bn_in_local_function_model() -> onnx.ModelProto:
     """Conv -> local function 'BNFn' whose body is an opset-9 BN with empty optional outputs.
@@ -187,7 +179,7 @@ def test_input_shapes_naming_no_input_is_an_error(pair):
 
 
 def test_model_that_cannot_run_with_default_shape_says_input_shape():
-    original = symbolic_spatial_model()
+    original = builders.symbolic_spatial_model()
     folded = bnfold.fold(original).model
 
     failed = bnfold.validate(original, folded)
