@@ -112,6 +112,36 @@ def optimize(model, output, in_place, validate, input_shapes, atol, rtol, seed, 
     return EXIT_OK
 
 
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, metavar="PATH...")
+@click.option("--fix", is_flag=True, help="Fold in place, validated, atomically (a file whose fold does not validate is left untouched).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "github"]), default="text", show_default=True,
+              help="One line per finding, one JSON document, or GitHub Actions annotations.")
+@click.option("-v", "--verbose", is_flag=True, help="Also list every node left in place and why.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def check(paths, fix, fmt, verbose, debug) -> int:
+    """Report what can fold in each model, like a linter; exit 1 when something can.
+
+    PATH is a model, a folder (searched recursively for *.onnx) or a glob pattern. Exit codes:
+    0 nothing to fold (or everything fixed); 1 something to fold (or a fix failed validation);
+    2 a PATH matched nothing or a file could not be read (the others are still checked).
+
+    \b
+    Example:
+      bnfold check models/ 'exported/*.onnx'
+      bnfold check --fix models/resnet_stack.onnx
+    """
+    from .check import exit_code, render, run_check
+
+    checks = run_check(paths, fix=fix)
+    out, err = render(checks, fmt, verbose=verbose)
+    for line in out:
+        click.echo(line)
+    for line in err:
+        click.echo(line, err=True)
+    return exit_code(checks, fix=fix)
+
+
 class _InternalError(Exception):
     def __init__(self, model: str, exc: Exception):
         super().__init__(f"{model}: {type(exc).__name__}: {exc}")

@@ -1,0 +1,219 @@
+"""``bnfold check``: report foldable patterns in many models, like a linter; ``--fix`` folds them.
+
+Three steps, each its own function: ``collect`` turns the command-line PATHs (files, folders
+searched recursively for ``*.onnx``, glob patterns) into files; ``check_file`` folds one model in
+memory (or, with ``fix``, rewrites it through ``pipeline.optimize``: validated, atomic) and records
+what it found; ``render`` formats the results as text, one JSON document, or GitHub Actions
+annotations.
+
+Exit codes (``exit_code``): 2 when a PATH matched nothing or a file could not be read; else 1 when
+a finding is left (without ``fix``) or a fix failed validation (the file is untouched); else 0.
+A BatchNormalization with nothing to fold into is not a finding: it is a refusal, listed only
+with ``verbose``.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import BnfoldError
+from .rules import Fold, Refusal
+
+FORMATS = ("text", "json", "github")
+
+
+@dataclass
+class FileCheck:
+    """What ``check`` found in one file (or in one PATH that matched nothing).
+
+    Attributes:
+        path: the file as named on the command line (or found under a folder or by a glob).
+        findings: foldable patterns; with ``fix`` and ``fixed``, the folds that were applied.
+        refusals: nodes a rule looked at and left, with the reason.
+        error: one-line message when the file is unusable or a fix failed validation.
+        unreadable: the error is about reading the file (exit 2), not a failed validation (exit 1).
+        fixed: the file was rewritten with its folds applied and validated.
+    """
+
+    path: str
+    findings: list[Fold] = field(default_factory=list)
+    refusals: list[Refusal] = field(default_factory=list)
+    error: str | None = None
+    unreadable: bool = False
+    fixed: bool = False
+
+    def to_dict(self, verbose: bool = False) -> dict:
+        d = {"path": self.path, "findings": [f.to_dict() for f in self.findings]}
+        if verbose:
+            d["refusals"] = [r.to_dict() for r in self.refusals]
+        d.update(error=self.error, fixed=self.fixed)
+        return d
+
+
+# -- collecting files ------------------------------------------------------------------------
+
+
+def collect(paths: list[str] | tuple[str, ...]) -> list[FileCheck]:
+    """One FileCheck per model file named by ``paths``, in order, each file once.
+
+    A folder stands for every ``*.onnx`` below it (sorted); a PATH that does not exist but has
+    glob characters is expanded (``**`` included), so quoted patterns work. A PATH that matches
+    nothing becomes a FileCheck carrying the error.
+    """
+    checks: list[FileCheck] = []
+    seen: set[str] = set()
+    for arg in paths:
+        if os.path.lexists(arg):
+            matches = [arg]
+        elif glob.has_magic(arg):
+            matches = sorted(glob.glob(arg, recursive=True))
+        else:
+            checks.append(FileCheck(arg, error=f"{arg}: no such file or directory", unreadable=True))
+            continue
+        files: list[str] = []
+        for match in matches:
+            if os.path.isdir(match):
+                files += sorted(str(p) for p in Path(match).rglob("*.onnx") if p.is_file())
+            else:
+                files.append(match)
+        if not files:
+            why = "no .onnx file in this folder" if os.path.isdir(arg) else "matches no file"
+            checks.append(FileCheck(arg, error=f"{arg}: {why}", unreadable=True))
+        for f in files:
+            key = os.path.realpath(f)
+            if key not in seen:
+                seen.add(key)
+                checks.append(FileCheck(f))
+    return checks
+
+
+# -- checking one file -----------------------------------------------------------------------
+
+
+def check_file(item: FileCheck, *, fix: bool = False) -> FileCheck:
+    """Fold ``item.path`` in memory and record folds and refusals; with ``fix``, apply them.
+
+    The fix only runs when there is something to fold (an unchanged file is not rewritten); it
+    goes through ``pipeline.optimize(in_place=True)``, so the file is replaced atomically and only
+    after the folded model matched the original on onnxruntime.
+    """
+    if item.error:
+        return item
+    from .folding import fold
+    from .io import load_model
+
+    try:
+        result = fold(load_model(item.path), in_place=True)
+        item.findings, item.refusals = list(result.folds), list(result.refusals)
+        if fix and item.findings:
+            _fix(item)
+    except BnfoldError as exc:
+        item.error, item.unreadable = str(exc), True
+    except Exception as exc:  # a model shape nobody foresaw: one line naming the file, go on
+        item.error, item.unreadable = f"{item.path}: {type(exc).__name__}: {exc}", True
+    return item
+
+
+def _fix(item: FileCheck) -> None:
+    from .pipeline import optimize
+
+    report = optimize(item.path, in_place=True)
+    item.findings, item.refusals = list(report.result.folds), list(report.result.refusals)
+    if report.ok and report.written:
+        item.fixed = True
+    else:
+        v = report.validation
+        why = v.error if v is not None and v.error else "outputs differ beyond tolerance"
+        item.error = f"{item.path}: validation failed ({why}); file left untouched"
+
+
+def run_check(paths, *, fix: bool = False) -> list[FileCheck]:
+    """``collect`` then ``check_file`` on each: every file is checked whatever happened to the others."""
+    return [check_file(item, fix=fix) for item in collect(paths)]
+
+
+def exit_code(checks: list[FileCheck], *, fix: bool = False) -> int:
+    if any(c.unreadable for c in checks):
+        return 2
+    if any(c.error for c in checks):  # a fix that did not validate
+        return 1
+    if not fix and any(c.findings for c in checks):
+        return 1
+    return 0
+
+
+# -- formatting ------------------------------------------------------------------------------
+
+
+def describe_fold(f: Fold) -> str:
+    """``BatchNormalization 'bn1' can fold into Conv 'conv1' [conv-bn]`` (plus the subgraph)."""
+    return f"{f.op} '{f.node}' can fold into {f.into_op} '{f.into}' [{f.rule}]{_in_graph(f.graph)}"
+
+
+def describe_refusal(r: Refusal) -> str:
+    return f"{r.op} '{r.node}' stays: {r.reason} [{r.rule}]{_in_graph(r.graph)}"
+
+
+def describe_fixed(c: FileCheck) -> str:
+    folds = ", ".join(f"{f.op} '{f.node}' into {f.into_op} '{f.into}'" for f in c.findings)
+    return f"folded {len(c.findings)} ({folds})"
+
+
+def _in_graph(graph: str) -> str:
+    return "" if graph == "main" else f" (in {graph})"
+
+
+def render(checks: list[FileCheck], fmt: str = "text", *, verbose: bool = False) -> tuple[list[str], list[str]]:
+    """(stdout lines, stderr lines). Every error also goes to stderr as ``bnfold: error: ...``."""
+    err = [f"bnfold: error: {' '.join(c.error.split())}" for c in checks if c.error]
+    if fmt == "json":
+        doc = {
+            "files": [c.to_dict(verbose) for c in checks],
+            "summary": {
+                "files": sum(1 for c in checks if not c.unreadable),
+                "findings": sum(len(c.findings) for c in checks),
+                "errors": sum(1 for c in checks if c.error),
+            },
+        }
+        return [json.dumps(doc, indent=2)], err
+    out: list[str] = []
+    for c in checks:
+        out += _github_lines(c, verbose) if fmt == "github" else _text_lines(c, verbose)
+    return out, err
+
+
+def _text_lines(c: FileCheck, verbose: bool) -> list[str]:
+    if c.unreadable:
+        return []
+    lines = [f"{c.path}: {describe_fixed(c)}"] if c.fixed else [f"{c.path}: {describe_fold(f)}" for f in c.findings]
+    if verbose:
+        lines += [f"{c.path}: {describe_refusal(r)}" for r in c.refusals]
+    return lines
+
+
+def _github_lines(c: FileCheck, verbose: bool) -> list[str]:
+    """GitHub Actions workflow commands (``::warning file=...,title=...::message``)."""
+    where = f"file={_gh_property(c.path)},title=bnfold"
+    if c.unreadable:
+        return [f"::error {where}::{_gh_data(c.error)}"]
+    if c.fixed:
+        lines = [f"::notice {where}::{_gh_data(describe_fixed(c))}"]
+    else:
+        lines = [f"::warning {where}::{_gh_data(describe_fold(f))}" for f in c.findings]
+    if c.error:  # validation of a fix failed
+        lines.append(f"::error {where}::{_gh_data(c.error)}")
+    if verbose:
+        lines += [f"::notice {where}::{_gh_data(describe_refusal(r))}" for r in c.refusals]
+    return lines
+
+
+def _gh_data(text: str) -> str:
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _gh_property(text: str) -> str:
+    return _gh_data(text).replace(":", "%3A").replace(",", "%2C")

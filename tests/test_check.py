@@ -1,0 +1,238 @@
+"""The ``bnfold check`` command: linter-style findings, file collection, formats, exit codes, ``--fix``.
+
+Every run goes through click's CliRunner; only ``--fix`` validates (and so spawns onnxruntime).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+from click.testing import CliRunner, Result
+
+import bnfold.pipeline
+import builders
+from bnfold.cli import cli
+from bnfold.validation import ValidationResult
+
+FINDING = "BatchNormalization 'bn' can fold into Conv 'conv' [conv-bn]"
+RELU_REASON = "its input 'relu_out' comes from Relu 'relu', not a linear op (Conv, ConvTranspose, Gemm, MatMul)"
+
+
+def run(*args) -> Result:
+    return CliRunner().invoke(cli, ["check", *map(str, args)], prog_name="bnfold")
+
+
+def lines(text: str) -> list[str]:
+    return text.splitlines()
+
+
+@pytest.fixture
+def foldable(tmp_path) -> Path:
+    path = tmp_path / "foldable.onnx"
+    onnx.save(builders.conv_bn_model(), path)
+    return path
+
+
+@pytest.fixture
+def clean(tmp_path) -> Path:
+    """A Conv alone: the conv+bn model already folded."""
+    path = tmp_path / "clean.onnx"
+    onnx.save(bnfold.fold(builders.conv_bn_model()).model, path)
+    return path
+
+
+@pytest.fixture
+def relu_bn(tmp_path) -> Path:
+    path = tmp_path / "relu_bn.onnx"
+    onnx.save(builders.bn_after_relu_model(), path)
+    return path
+
+
+@pytest.fixture
+def unreadable(tmp_path) -> Path:
+    path = tmp_path / "broken.onnx"
+    path.write_bytes(b"not a model")
+    return path
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# -- findings and exit codes -------------------------------------------------------------------
+
+
+def test_clean_model_exits_0_and_prints_nothing(clean):
+    result = run(clean)
+    assert result.exit_code == 0
+    assert result.stdout == "" and result.stderr == ""
+
+
+def test_unfolded_bn_is_one_finding_line_and_exit_1(foldable):
+    result = run(foldable)
+    assert result.exit_code == 1
+    assert lines(result.stdout) == [f"{foldable}: {FINDING}"]
+    assert result.stderr == ""
+
+
+def test_check_does_not_touch_the_file(foldable):
+    before = sha256(foldable)
+    run(foldable)
+    assert sha256(foldable) == before
+
+
+def test_bn_with_nothing_to_fold_into_is_not_a_finding(relu_bn):
+    result = run(relu_bn)
+    assert result.exit_code == 0
+    assert result.stdout == ""
+
+
+def test_verbose_lists_refusals_with_the_reason(relu_bn):
+    result = run("--verbose", relu_bn)
+    assert result.exit_code == 0
+    assert lines(result.stdout) == [f"{relu_bn}: BatchNormalization 'bn' stays: {RELU_REASON} [conv-bn]"]
+
+
+# -- collecting files --------------------------------------------------------------------------
+
+
+def test_folder_is_searched_recursively_for_onnx_files(tmp_path):
+    deep = tmp_path / "models" / "a" / "b"
+    deep.mkdir(parents=True)
+    onnx.save(builders.conv_bn_model(), deep / "m.onnx")
+    onnx.save(builders.conv_bn_model(), tmp_path / "models" / "top.onnx")
+    (deep / "notes.txt").write_text("not a model")
+    result = run(tmp_path / "models")
+    assert result.exit_code == 1
+    assert lines(result.stdout) == [
+        f"{deep / 'm.onnx'}: {FINDING}",
+        f"{tmp_path / 'models' / 'top.onnx'}: {FINDING}",
+    ]
+
+
+def test_glob_is_expanded_by_the_program(tmp_path, foldable, clean, relu_bn):
+    result = run(tmp_path / "*.onnx")
+    assert result.exit_code == 1
+    assert lines(result.stdout) == [f"{foldable}: {FINDING}"]
+
+
+def test_a_file_named_twice_is_checked_once(foldable, tmp_path):
+    result = run(foldable, tmp_path / "*.onnx", tmp_path)
+    assert lines(result.stdout) == [f"{foldable}: {FINDING}"]
+
+
+def test_missing_path_exits_2(tmp_path, foldable):
+    result = run(tmp_path / "nope.onnx", foldable)
+    assert result.exit_code == 2
+    assert lines(result.stderr) == [f"bnfold: error: {tmp_path / 'nope.onnx'}: no such file or directory"]
+    assert lines(result.stdout) == [f"{foldable}: {FINDING}"]
+
+
+@pytest.mark.parametrize("pattern", ["*.tflite", "empty_folder"])
+def test_a_path_that_matches_nothing_exits_2(tmp_path, pattern):
+    (tmp_path / "empty_folder").mkdir()
+    result = run(tmp_path / pattern)
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert len(lines(result.stderr)) == 1 and result.stderr.startswith(f"bnfold: error: {tmp_path / pattern}: ")
+
+
+def test_unreadable_file_exits_2_and_the_others_are_still_checked(foldable, unreadable, relu_bn):
+    result = run("-v", foldable, unreadable, relu_bn)
+    assert result.exit_code == 2
+    assert lines(result.stdout) == [
+        f"{foldable}: {FINDING}",
+        f"{relu_bn}: BatchNormalization 'bn' stays: {RELU_REASON} [conv-bn]",
+    ]
+    [error] = lines(result.stderr)
+    assert error.startswith(f"bnfold: error: {unreadable}: not an ONNX model")
+
+
+def test_no_path_is_a_usage_error():
+    result = run()
+    assert result.exit_code == 2
+    assert "bnfold: error: Missing argument 'PATH...'" in result.stderr
+
+
+# -- formats -----------------------------------------------------------------------------------
+
+
+def test_json_document(foldable, clean, unreadable):
+    result = run("--format", "json", foldable, clean, unreadable)
+    assert result.exit_code == 2
+    doc = json.loads(result.stdout)
+    assert doc["summary"] == {"files": 2, "findings": 1, "errors": 1}
+    by_path = {f["path"]: f for f in doc["files"]}
+    assert by_path[str(foldable)] == {
+        "path": str(foldable),
+        "findings": [{"rule": "conv-bn", "node": "bn", "op": "BatchNormalization",
+                      "into": "conv", "into_op": "Conv", "graph": "main"}],
+        "error": None,
+        "fixed": False,
+    }
+    assert by_path[str(clean)]["findings"] == [] and by_path[str(clean)]["error"] is None
+    assert by_path[str(unreadable)]["error"].startswith(f"{unreadable}: not an ONNX model")
+    assert all("refusals" not in f for f in doc["files"])
+
+
+def test_json_lists_refusals_only_with_verbose(relu_bn):
+    result = run("--format", "json", "--verbose", relu_bn)
+    assert result.exit_code == 0
+    [entry] = json.loads(result.stdout)["files"]
+    assert entry["findings"] == []
+    assert entry["refusals"] == [{"rule": "conv-bn", "node": "bn", "op": "BatchNormalization",
+                                  "reason": RELU_REASON, "stage": "match", "graph": "main"}]
+
+
+def test_github_annotations(foldable, unreadable):
+    result = run("--format", "github", foldable, unreadable)
+    assert result.exit_code == 2
+    warning, error = lines(result.stdout)
+    assert warning == f"::warning file={foldable},title=bnfold::{FINDING}"
+    assert error.startswith(f"::error file={unreadable},title=bnfold::{unreadable}: not an ONNX model")
+
+
+def test_github_escapes_the_file_property(tmp_path):
+    path = tmp_path / "a,b:c.onnx"
+    onnx.save(builders.conv_bn_model(), path)
+    result = run("--format", "github", path)
+    escaped = str(path).replace(",", "%2C").replace(":", "%3A")
+    assert lines(result.stdout) == [f"::warning file={escaped},title=bnfold::{FINDING}"]
+
+
+# -- --fix -------------------------------------------------------------------------------------
+
+
+def test_fix_folds_in_place_and_a_second_check_is_clean(foldable):
+    result = run("--fix", foldable)
+    assert result.exit_code == 0, result.stderr
+    assert lines(result.stdout) == [f"{foldable}: folded 1 (BatchNormalization 'bn' into Conv 'conv')"]
+    model = onnx.load(foldable)
+    onnx.checker.check_model(model)
+    assert [n.op_type for n in model.graph.node] == ["Conv"]
+    again = run(foldable)
+    assert again.exit_code == 0 and again.stdout == ""
+
+
+def test_fix_leaves_clean_files_unwritten(clean):
+    before = clean.stat().st_mtime_ns, sha256(clean)
+    result = run("--fix", clean)
+    assert result.exit_code == 0 and result.stdout == ""
+    assert (clean.stat().st_mtime_ns, sha256(clean)) == before
+
+
+def test_fix_that_fails_validation_leaves_the_file_and_exits_1(foldable, monkeypatch):
+    monkeypatch.setattr(bnfold.pipeline, "validate", lambda *a, **k: ValidationResult(False, error="forced"))
+    before = sha256(foldable)
+    result = run("--fix", "--format", "json", foldable)
+    assert result.exit_code == 1
+    [entry] = json.loads(result.stdout)["files"]
+    assert entry["fixed"] is False
+    assert entry["error"] == f"{foldable}: validation failed (forced); file left untouched"
+    assert lines(result.stderr) == [f"bnfold: error: {entry['error']}"]
+    assert sha256(foldable) == before
+    assert [p.name for p in foldable.parent.iterdir()] == [foldable.name]
