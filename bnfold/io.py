@@ -19,6 +19,9 @@ import onnx
 
 from .errors import BnfoldError
 
+#: Files larger than this are checked by the ONNX checker before they are read (see read_model).
+CHECK_FIRST_BYTES = 64 << 20
+
 #: protobuf cannot serialize a message of 2 GiB or more.
 PROTOBUF_LIMIT = 2**31 - 1
 
@@ -40,6 +43,11 @@ def read_model(path: str | os.PathLike, check: bool = True) -> tuple[onnx.ModelP
         raise BnfoldError(f"{path}: no such file")
     if path.is_dir():
         raise BnfoldError(f"{path}: is a directory, not an ONNX model")
+    # The checker parses the file again in C++: for a big file do it before Python holds the
+    # bytes, so the two parses never coexist (peak memory); small files get our clearer messages first.
+    check_first = check and path.stat().st_size > CHECK_FIRST_BYTES
+    if check_first:
+        _run_checker(path)
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -59,17 +67,21 @@ def read_model(path: str | os.PathLike, check: bool = True) -> tuple[onnx.ModelP
     external = external_tensors(model)
     base = path.parent.resolve()
     files = sorted({_check_location(path, base, tensor) for tensor in external})
-    if check:  # before external data is loaded: the checker then sees a small model
-        try:
-            onnx.checker.check_model(str(path) if external else model)
-        except Exception as exc:
-            raise BnfoldError(f"{path}: invalid ONNX model ({_one_line(exc)})") from None
+    if check and not check_first:  # before external data is loaded
+        _run_checker(path)
     if external:
         try:
             onnx.external_data_helper.load_external_data_for_model(model, str(base))
         except Exception as exc:
             raise BnfoldError(f"{path}: cannot load external data ({_one_line(exc)})") from None
     return model, files
+
+
+def _run_checker(path: Path) -> None:
+    try:
+        onnx.checker.check_model(str(path))
+    except Exception as exc:
+        raise BnfoldError(f"{path}: invalid ONNX model ({_one_line(exc)})") from None
 
 
 def external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
@@ -143,7 +155,7 @@ def write_model(model: onnx.ModelProto, path: str | os.PathLike, external_data: 
     or more go to one side file ``<name>.data`` beside it (the model is changed to point at it).
     """
     path = Path(path)
-    if external_data or model.ByteSize() > PROTOBUF_LIMIT:
+    if external_data or _weight_bytes(model) > PROTOBUF_LIMIT - (64 << 20):
         data_name = f"{path.name}.data"
         onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=data_name, size_threshold=1024)
@@ -152,12 +164,84 @@ def write_model(model: onnx.ModelProto, path: str | os.PathLike, external_data: 
             if f.exists():
                 _fsync(f)
         return sum(f.stat().st_size for f in files if f.exists())
-    data = model.SerializeToString()
     with open(path, "wb") as fh:
-        fh.write(data)
+        written = _write_streamed(model, fh)
         fh.flush()
         os.fsync(fh.fileno())
-    return len(data)
+    return written
+
+
+def _weight_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of the main graph's tensors, from their shapes (upb's ByteSize() serializes the whole
+    model to count, which costs a copy of the weights)."""
+    def size(t: onnx.TensorProto) -> int:
+        if t.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
+            return 0
+        n = 1
+        for d in t.dims:
+            n *= d
+        return n * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+    total = sum(size(t) for t in model.graph.initializer)
+    for node in model.graph.node:
+        total += sum(size(a.t) for a in node.attribute if a.type == onnx.AttributeProto.TENSOR)
+    return total
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """One length-delimited field (wire type 2)."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+_GRAPH = onnx.ModelProto.DESCRIPTOR.fields_by_name["graph"].number
+_INITIALIZER = onnx.GraphProto.DESCRIPTOR.fields_by_name["initializer"].number
+
+
+def _shell(message, skip: str):
+    """A new message of the same type with every field of ``message`` but ``skip`` (small fields only)."""
+    shell = type(message)()
+    for descriptor, value in message.ListFields():
+        if descriptor.name == skip:
+            continue
+        target = getattr(shell, descriptor.name)
+        repeated = descriptor.is_repeated if hasattr(descriptor, "is_repeated") else descriptor.label == 3
+        if repeated:
+            target.extend(value)
+        elif descriptor.message_type is not None:
+            target.CopyFrom(value)
+        else:
+            setattr(shell, descriptor.name, value)
+    return shell
+
+
+def _write_streamed(model: onnx.ModelProto, fh) -> int:
+    """Write ``model`` without ever holding its whole serialization: everything but the graph's
+    initializers first, then one initializer at a time, each as another ``graph`` field.
+
+    Protobuf parsers merge repeated occurrences of a message field and append repeated fields in
+    order, so the file parses to exactly ``model`` (re-serialized, it is byte-identical); peak
+    memory grows by the largest tensor instead of by the whole model.
+    """
+    try:
+        chunks = [_shell(model, "graph").SerializeToString()]
+        if model.HasField("graph"):
+            chunks.append(_field(_GRAPH, _shell(model.graph, "initializer").SerializeToString()))
+    except UnicodeDecodeError:  # a text field that is not UTF-8: copy it as bytes, all at once
+        return fh.write(model.SerializeToString())
+    written = 0
+    for chunk in chunks:
+        written += fh.write(chunk)
+    for tensor in model.graph.initializer:
+        written += fh.write(_field(_GRAPH, _field(_INITIALIZER, tensor.SerializeToString())))
+    return written
 
 
 def _fsync(path: Path) -> None:
