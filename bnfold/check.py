@@ -1,7 +1,8 @@
 """``bnfold check``: report foldable patterns in many models, like a linter; ``--fix`` folds them.
 
 Three steps, each its own function: ``collect`` turns the command-line PATHs (files, folders
-searched recursively for ``*.onnx``, glob patterns) into files; ``check_file`` folds one model in
+searched recursively for ``*.onnx``, glob patterns) into files, leaving out those that match an
+ignore glob (``[tool.bnfold] ignore`` or ``--ignore``, see ``bnfold.config``); ``check_file`` folds one model in
 memory (or, with ``fix``, rewrites it through ``pipeline.optimize``: validated, atomic) and records
 what it found; ``render`` formats the results as text, one JSON document, or GitHub Actions
 annotations.
@@ -17,11 +18,13 @@ from __future__ import annotations
 import glob
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .config import is_ignored
 from .errors import BnfoldError
-from .rules import Fold, Refusal
+from .rules import Fold, Refusal, Rule
 
 FORMATS = ("text", "json", "github")
 
@@ -57,12 +60,14 @@ class FileCheck:
 # -- collecting files ------------------------------------------------------------------------
 
 
-def collect(paths: list[str] | tuple[str, ...]) -> list[FileCheck]:
+def collect(paths: list[str] | tuple[str, ...], ignore: Sequence[tuple[Path, str]] = ()) -> list[FileCheck]:
     """One FileCheck per model file named by ``paths``, in order, each file once.
 
     A folder stands for every ``*.onnx`` below it (sorted); a PATH that does not exist but has
     glob characters is expanded (``**`` included), so quoted patterns work. A PATH that matches
-    nothing becomes a FileCheck carrying the error.
+    nothing becomes a FileCheck carrying the error. Files matching ``ignore`` ((base folder, glob)
+    pairs, see ``config.is_ignored``) are left out, named ones too (pre-commit names every file):
+    a PATH whose files are all ignored is not an error.
     """
     checks: list[FileCheck] = []
     seen: set[str] = set()
@@ -84,6 +89,8 @@ def collect(paths: list[str] | tuple[str, ...]) -> list[FileCheck]:
             why = "no .onnx file in this folder" if os.path.isdir(arg) else "matches no file"
             checks.append(FileCheck(arg, error=f"{arg}: {why}", unreadable=True))
         for f in files:
+            if is_ignored(f, ignore):
+                continue
             key = os.path.realpath(f)
             if key not in seen:
                 seen.add(key)
@@ -94,12 +101,19 @@ def collect(paths: list[str] | tuple[str, ...]) -> list[FileCheck]:
 # -- checking one file -----------------------------------------------------------------------
 
 
-def check_file(item: FileCheck, *, fix: bool = False) -> FileCheck:
+def check_file(
+    item: FileCheck,
+    *,
+    fix: bool = False,
+    rules: Sequence[Rule] | None = None,
+    atol: float | None = None,
+    rtol: float | None = None,
+) -> FileCheck:
     """Fold ``item.path`` in memory and record folds and refusals; with ``fix``, apply them.
 
-    The fix only runs when there is something to fold (an unchanged file is not rewritten); it
-    goes through ``pipeline.optimize(in_place=True)``, so the file is replaced atomically and only
-    after the folded model matched the original on onnxruntime.
+    ``rules`` default to every rule. The fix only runs when there is something to fold (an
+    unchanged file is not rewritten); the file is replaced atomically and only after the folded
+    model matched the original on onnxruntime within ``atol``/``rtol`` (None: per-dtype default).
     """
     if item.error:
         return item
@@ -107,10 +121,10 @@ def check_file(item: FileCheck, *, fix: bool = False) -> FileCheck:
     from .io import load_model
 
     try:
-        result = fold(load_model(item.path), in_place=True)
+        result = fold(load_model(item.path), rules, in_place=True)
         item.findings, item.refusals = list(result.folds), list(result.refusals)
         if fix and item.findings:
-            _fix(item)
+            _fix(item, rules, atol, rtol)
     except BnfoldError as exc:
         item.error, item.unreadable = str(exc), True
     except Exception as exc:  # a model shape nobody foresaw: one line naming the file, go on
@@ -118,22 +132,31 @@ def check_file(item: FileCheck, *, fix: bool = False) -> FileCheck:
     return item
 
 
-def _fix(item: FileCheck) -> None:
+def _fix(item: FileCheck, rules: Sequence[Rule] | None, atol: float | None, rtol: float | None) -> None:
+    """Exactly what ``bnfold optimize --in-place`` does, with the chosen rules."""
     from .pipeline import optimize
 
-    report = optimize(item.path, in_place=True)
+    report = optimize(item.path, in_place=True, atol=atol, rtol=rtol, rules=rules)
     item.findings, item.refusals = list(report.result.folds), list(report.result.refusals)
     if report.ok and report.written:
         item.fixed = True
     else:
-        v = report.validation
-        why = v.error if v is not None and v.error else "outputs differ beyond tolerance"
+        validation = report.validation
+        why = validation.error if validation is not None and validation.error else "outputs differ beyond tolerance"
         item.error = f"{item.path}: validation failed ({why}); file left untouched"
 
 
-def run_check(paths, *, fix: bool = False) -> list[FileCheck]:
+def run_check(
+    paths,
+    *,
+    fix: bool = False,
+    rules: Sequence[Rule] | None = None,
+    ignore: Sequence[tuple[Path, str]] = (),
+    atol: float | None = None,
+    rtol: float | None = None,
+) -> list[FileCheck]:
     """``collect`` then ``check_file`` on each: every file is checked whatever happened to the others."""
-    return [check_file(item, fix=fix) for item in collect(paths)]
+    return [check_file(item, fix=fix, rules=rules, atol=atol, rtol=rtol) for item in collect(paths, ignore)]
 
 
 def exit_code(checks: list[FileCheck], *, fix: bool = False) -> int:

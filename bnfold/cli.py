@@ -7,6 +7,7 @@ Exit codes: 0 success; 1 validation failed (nothing written); 2 usage error or u
 from __future__ import annotations
 
 import json
+import os
 import sys
 import traceback
 
@@ -60,9 +61,12 @@ def cli() -> None:
 
 
 @cli.command()
-@click.argument("model", type=click.Path(dir_okay=True, path_type=str))
-@click.option("-o", "--output", type=click.Path(path_type=str), help="Output file (default: MODEL's name with .folded before its suffix, beside it).")
-@click.option("--in-place", is_flag=True, help="Replace MODEL with the folded model (atomically).")
+@click.argument("models", nargs=-1, required=True, metavar="MODEL...")
+@click.option("-o", "--output", type=click.Path(path_type=str),
+              help="Output file, or with several MODELs (or a folder) the output folder, created if missing; results "
+                   "keep their paths relative to the folder they were found under (default: each MODEL's name with "
+                   ".folded before its suffix, beside it).")
+@click.option("--in-place", is_flag=True, help="Replace each MODEL with the folded model (atomically).")
 @click.option("--validate/--no-validate", default=True, show_default=True,
               help="Run original and folded model with onnxruntime and compare outputs.")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS",
@@ -72,15 +76,25 @@ def cli() -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random validation inputs.")
 @click.option("--external-data", is_flag=True,
               help="Store tensors in a side file <OUTPUT>.data (automatic when the input had external data or the result exceeds 2 GB).")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Fold this many files at once, each in its own process.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def optimize(model, output, in_place, validate, input_shapes, atol, rtol, seed, external_data, as_json, debug) -> int:
-    """Fold MODEL and write the result, validated, atomically.
+def optimize(models, output, in_place, validate, input_shapes, atol, rtol, seed, external_data, jobs, as_json,
+             debug) -> int:
+    """Fold each MODEL and write the result, validated, atomically.
+
+    MODEL is a model file, a folder (searched recursively for *.onnx, skipping *.folded.onnx) or a
+    glob pattern. With several, every file is folded whatever happens to the others; a summary
+    table (or with --json {"files": [...], "summary": {...}}) follows. Exit codes: 0 success;
+    1 a validation failed (nothing written for that file); 2 a file was unusable.
 
     \b
     Example:
       bnfold optimize models/resnet_stack.onnx -o resnet_stack.folded.onnx
+      bnfold optimize models/ more.onnx -o folded/ -j 4
     """
+    from .batch import is_batch
     from .errors import BnfoldError
     from .pipeline import optimize as run_optimize
     from .validation import parse_input_shapes
@@ -89,6 +103,12 @@ def optimize(model, output, in_place, validate, input_shapes, atol, rtol, seed, 
         shapes = parse_input_shapes(input_shapes)
     except ValueError as exc:
         raise BnfoldError(str(exc)) from None
+    if is_batch(models):
+        return _optimize_batch(models, output, in_place, validate, shapes, atol, rtol, seed, external_data, jobs,
+                               as_json, debug)
+    [model] = models
+    if output is not None and os.path.isdir(output):  # an existing folder: the result keeps the file's name
+        output = os.path.join(output, os.path.basename(model))
     try:
         report = run_optimize(model, output, in_place=in_place, validate_output=validate, input_shapes=shapes,
                               atol=atol, rtol=rtol, seed=seed, external_data=external_data)
@@ -112,28 +132,92 @@ def optimize(model, output, in_place, validate, input_shapes, atol, rtol, seed, 
     return EXIT_OK
 
 
+def _optimize_batch(models, output, in_place, validate, shapes, atol, rtol, seed, external_data, jobs, as_json,
+                    debug) -> int:
+    """``bnfold optimize`` on several files: see ``bnfold.batch``."""
+    from rich.console import Console
+
+    from . import batch
+    from .errors import BnfoldError
+
+    if output is not None and in_place:
+        raise BnfoldError("--in-place and an output folder contradict each other; give one")
+    if output is not None and os.path.exists(output) and not os.path.isdir(output):
+        raise BnfoldError(f"{output}: with several models the output must be a folder, and this is a file")
+    todo = batch.collect_jobs(models, output, in_place=in_place)
+    if all(j.error for j in todo):  # nothing to fold: the errors alone, no report
+        for job in todo:
+            _fail(job.error)
+        return EXIT_USAGE
+    if output is not None:
+        os.makedirs(output, exist_ok=True)
+    options = batch.Options(in_place=in_place, validate_output=validate, input_shapes=shapes, atol=atol, rtol=rtol,
+                            seed=seed, external_data=external_data)
+    if sys.stderr.isatty():  # a progress bar only for a person watching; CliRunner and pipes stay clean
+        from rich import progress as bar
+
+        columns = (bar.TextColumn("folding"), bar.BarColumn(), bar.MofNCompleteColumn(), bar.TimeElapsedColumn())
+        with bar.Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+            task = progress.add_task("fold", total=len(todo))
+            outcomes = batch.run_jobs(todo, options, workers=jobs, debug=debug,
+                                      on_done=lambda _: progress.advance(task))
+    else:
+        outcomes = batch.run_jobs(todo, options, workers=jobs, debug=debug)
+    if as_json:
+        click.echo(json.dumps(batch.to_json(outcomes), indent=2))
+    else:
+        batch.render_summary(outcomes, Console(highlight=False, soft_wrap=False))
+    for outcome in outcomes:
+        if debug and outcome.traceback:
+            click.echo(outcome.traceback, err=True, nl=False)
+    for line in batch.error_lines(outcomes):
+        click.echo(line, err=True)
+    return batch.exit_code(outcomes)
+
+
 @cli.command()
 @click.argument("paths", nargs=-1, required=True, metavar="PATH...")
 @click.option("--fix", is_flag=True, help="Fold in place, validated, atomically (a file whose fold does not validate is left untouched).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "github"]), default="text", show_default=True,
               help="One line per finding, one JSON document, or GitHub Actions annotations.")
 @click.option("-v", "--verbose", is_flag=True, help="Also list every node left in place and why.")
+@click.option("--disable", "disable", multiple=True, metavar="RULE",
+              help="Do not run this rule (repeatable; adds to [tool.bnfold] disable).")
+@click.option("--ignore", "ignore", multiple=True, metavar="GLOB",
+              help="Skip paths matching this glob, relative to the current folder (repeatable; adds to [tool.bnfold] ignore).")
+@click.option("--atol", type=float, default=None, help="Absolute tolerance for --fix (default: [tool.bnfold] atol, else per dtype).")
+@click.option("--rtol", type=float, default=None, help="Relative tolerance for --fix (default: [tool.bnfold] rtol, else per dtype).")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def check(paths, fix, fmt, verbose, debug) -> int:
+def check(paths, fix, fmt, verbose, disable, ignore, atol, rtol, debug) -> int:
     """Report what can fold in each model, like a linter; exit 1 when something can.
 
-    PATH is a model, a folder (searched recursively for *.onnx) or a glob pattern. Exit codes:
-    0 nothing to fold (or everything fixed); 1 something to fold (or a fix failed validation);
-    2 a PATH matched nothing or a file could not be read (the others are still checked).
+    PATH is a model, a folder (searched recursively for *.onnx) or a glob pattern. Settings come
+    from [tool.bnfold] in the nearest pyproject.toml (atol, rtol, disable, ignore); flags add to
+    or override them. Exit codes: 0 nothing to fold (or everything fixed); 1 something to fold
+    (or a fix failed validation); 2 a PATH matched nothing, a file could not be read (the others
+    are still checked) or a setting is wrong.
 
     \b
     Example:
       bnfold check models/ 'exported/*.onnx'
       bnfold check --fix models/resnet_stack.onnx
+      bnfold check --disable bn-linear --ignore 'third_party/**' models/
     """
-    from .check import exit_code, render, run_check
+    from pathlib import Path
 
-    checks = run_check(paths, fix=fix)
+    from .check import exit_code, render, run_check
+    from .config import check_rule_names, load_settings
+    from .rules import DEFAULT_RULES
+
+    settings = load_settings(Path.cwd())
+    if settings.warning:
+        click.echo(f"bnfold: warning: {settings.warning}", err=True)
+    check_rule_names(disable, "--disable")
+    disabled = {*settings.disable, *disable}
+    rules = [r for r in DEFAULT_RULES if r.name not in disabled] if disabled else None
+    globs = [(settings.root, g) for g in settings.ignore] + [(Path.cwd(), g) for g in ignore]
+    checks = run_check(paths, fix=fix, rules=rules, ignore=globs,
+                       atol=settings.atol if atol is None else atol, rtol=settings.rtol if rtol is None else rtol)
     out, err = render(checks, fmt, verbose=verbose)
     for line in out:
         click.echo(line)

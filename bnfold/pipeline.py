@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import BnfoldError
+from .rules import Rule
 from .folding import FoldResult, fold
 from .io import read_model, staged_output, write_model
 from .validation import ValidationResult, validate
@@ -68,6 +70,7 @@ def optimize(
     rtol: float | None = None,
     seed: int = 0,
     external_data: bool = False,
+    rules: Sequence[Rule] | None = None,
 ) -> Report:
     """Fold ``src`` and write the result to ``dst`` (default ``<stem>.folded.onnx`` beside it).
 
@@ -77,12 +80,12 @@ def optimize(
     (``report.ok`` is False) and nothing is written.
     """
     try:
-        return _optimize(src, dst, in_place, validate_output, input_shapes, atol, rtol, seed, external_data)
+        return _optimize(src, dst, in_place, validate_output, input_shapes, atol, rtol, seed, external_data, rules)
     except _ValidationFailed as failed:
         return failed.report
 
 
-def _optimize(src, dst, in_place, validate_output, input_shapes, atol, rtol, seed, external_data) -> Report:
+def _optimize(src, dst, in_place, validate_output, input_shapes, atol, rtol, seed, external_data, rules) -> Report:
     src = Path(src)
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -100,7 +103,7 @@ def _optimize(src, dst, in_place, validate_output, input_shapes, atol, rtol, see
         raise BnfoldError(f"{dst}: the output folder {dst.parent} does not exist")
     _check_input_shapes(src, model, input_shapes or {})
     try:
-        result = fold(model, in_place=True)
+        result = fold(model, rules, in_place=True)
     except UnicodeDecodeError:
         raise BnfoldError(f"{src}: invalid ONNX model (a text field is not valid UTF-8)") from None
     timings["fold"] = result.seconds

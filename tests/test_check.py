@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
+import builders
 import onnx
 import pytest
 from click.testing import CliRunner, Result
 
 import bnfold.pipeline
-import builders
 from bnfold.cli import cli
 from bnfold.validation import ValidationResult
 
@@ -236,3 +237,117 @@ def test_fix_that_fails_validation_leaves_the_file_and_exits_1(foldable, monkeyp
     assert lines(result.stderr) == [f"bnfold: error: {entry['error']}"]
     assert sha256(foldable) == before
     assert [p.name for p in foldable.parent.iterdir()] == [foldable.name]
+
+
+# -- settings: [tool.bnfold] and --disable / --ignore / --atol ---------------------------------
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch) -> Path:
+    """The current folder is a project folder; tests write its pyproject.toml."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def settings(project: Path, text: str) -> None:
+    (project / "pyproject.toml").write_text(f"[tool.bnfold]\n{text}\n")
+
+
+def test_disabled_rule_in_settings_does_not_run(project, foldable):
+    settings(project, 'disable = ["conv-bn"]')
+    result = run(foldable)
+    assert result.exit_code == 0 and result.stdout == ""
+    verbose = lines(run("--verbose", foldable).stdout)  # the BN that stays is still listed
+    assert verbose and all(line.startswith(f"{foldable}: BatchNormalization 'bn' stays: ") for line in verbose)
+
+
+def test_disable_flag(project, foldable):
+    result = run("--disable", "conv-bn", "--disable", "bn-linear", foldable)
+    assert result.exit_code == 0 and result.stdout == ""
+
+
+def test_disabled_rule_is_not_applied_by_fix(project, foldable):
+    settings(project, 'disable = ["conv-bn"]')
+    before = sha256(foldable)
+    result = run("--fix", foldable)
+    assert result.exit_code == 0 and result.stdout == ""
+    assert sha256(foldable) == before
+
+
+def test_fix_with_a_disabled_rule_still_folds_with_the_others(project, tmp_path):
+    """gemm-bn off: conv-bn still folds, through the fix path that takes a choice of rules."""
+    path = tmp_path / "m.onnx"
+    onnx.save(builders.conv_bn_model(), path)
+    result = run("--disable", "gemm-bn", "--fix", path)
+    assert result.exit_code == 0, result.stderr
+    assert lines(result.stdout) == [f"{path}: folded 1 (BatchNormalization 'bn' into Conv 'conv')"]
+    assert [n.op_type for n in onnx.load(path).graph.node] == ["Conv"]
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]  # no staging folder left behind
+
+
+def test_fix_with_rules_that_fails_validation_leaves_the_file(project, foldable, monkeypatch):
+    monkeypatch.setattr("bnfold.pipeline.validate", lambda *a, **k: ValidationResult(False, error="forced"))
+    before = sha256(foldable)
+    result = run("--disable", "gemm-bn", "--fix", foldable)
+    assert result.exit_code == 1
+    assert lines(result.stderr) == [f"bnfold: error: {foldable}: validation failed (forced); file left untouched"]
+    assert sha256(foldable) == before
+    assert [p.name for p in foldable.parent.iterdir()] == [foldable.name]
+
+
+def test_unknown_rule_flag_exits_2_naming_it(project, foldable):
+    result = run("--disable", "conv-bm", foldable)
+    assert result.exit_code == 2 and result.stdout == ""
+    [error] = lines(result.stderr)
+    assert error.startswith("bnfold: error: --disable: unknown rule 'conv-bm' (rules: conv-bn, ")
+
+
+def test_unknown_setting_exits_2_naming_the_key(project, foldable):
+    settings(project, "tolerance = 1")
+    result = run(foldable)
+    assert result.exit_code == 2 and result.stdout == ""
+    expected = f"{project / 'pyproject.toml'}: [tool.bnfold]: unknown key 'tolerance' (known: atol, rtol, disable, ignore)"
+    assert lines(result.stderr) == [f"bnfold: error: {expected}"]
+
+
+def test_settings_are_found_from_a_subfolder(project, foldable):
+    settings(project, 'disable = ["conv-bn"]')
+    (project / "sub").mkdir()
+    os.chdir(project / "sub")
+    assert run(foldable).exit_code == 0
+
+
+def test_ignore_in_settings_is_relative_to_the_pyproject_folder(project):
+    settings(project, 'ignore = ["legacy/**", "*.quant.onnx"]')
+    for name in ["legacy/a/m.onnx", "models/m.quant.onnx", "models/m.onnx"]:
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        onnx.save(builders.conv_bn_model(), project / name)
+    os.chdir(project / "models")
+    result = run(project, project / "legacy" / "a" / "m.onnx")  # named files are ignored too
+    assert result.exit_code == 1
+    assert lines(result.stdout) == [f"{project / 'models' / 'm.onnx'}: {FINDING}"]
+
+
+def test_ignore_flag_is_relative_to_the_current_folder(project, foldable, clean):
+    result = run("--ignore", "foldable.onnx", "--ignore", "nothing/**", "foldable.onnx", "clean.onnx")
+    assert result.exit_code == 0 and result.stdout == "" and result.stderr == ""
+
+
+def test_a_path_whose_files_are_all_ignored_is_not_an_error(project, foldable):
+    result = run("--ignore", "*.onnx", project)
+    assert result.exit_code == 0 and result.stderr == ""
+
+
+def test_tolerances_from_settings_and_flags_reach_the_fix(project, foldable, monkeypatch):
+    seen = []
+
+    def fake_validate(*args, atol=None, rtol=None, **kwargs):
+        seen.append((atol, rtol))
+        return ValidationResult(True)
+
+    monkeypatch.setattr(bnfold.pipeline, "validate", fake_validate)
+    settings(project, "atol = 0.5\nrtol = 0.25")
+    assert run("--fix", foldable).exit_code == 0
+    onnx.save(builders.conv_bn_model(), foldable)
+    assert run("--fix", "--rtol", "0.125", foldable).exit_code == 0
+    assert seen == [(0.5, 0.25), (0.5, 0.125)]

@@ -1,0 +1,334 @@
+"""Batch runs of ``bnfold optimize``: many files and folders, sequentially or in worker processes.
+
+Three steps, each its own function: ``collect_jobs`` turns the command-line PATHs into jobs (one
+input file and where its result goes), reusing ``check.collect`` for folders and globs;
+``run_jobs`` folds each through ``pipeline.optimize`` (in this process, or in a process pool) and
+returns one ``Outcome`` per job, in input order; ``summary``, ``to_json`` and ``render_summary``
+report them.
+
+Where results go:
+
+* with an output folder, at the input's path relative to the folder PATH it was found under
+  (for a glob, relative to the part of the pattern before the first wildcard; for a file PATH,
+  just its name), sub-folders created as needed;
+* without one, beside the input as ``<stem>.folded.onnx`` (or in place with ``in_place``).
+
+Folder and glob searches skip ``*.folded.onnx`` files (earlier results) and anything inside the
+output folder; a file named on the command line is always taken. Two inputs whose results would
+land on the same path, or a result that would overwrite another input, are errors for the later
+input.
+
+Exit codes (``exit_code``): 2 when a PATH matched nothing or a file was unusable (the others are
+still folded); else 1 when a validation failed (nothing written for that file); else 0. A failed
+file never leaves a partial output: ``pipeline.optimize`` stages every write.
+"""
+
+from __future__ import annotations
+
+import glob
+import multiprocessing
+import os
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .check import collect
+from .errors import BnfoldError
+
+FOLDED_SUFFIX = ".folded.onnx"
+
+OK, VALIDATION_FAILED, UNUSABLE = "ok", "validation failed", "unusable"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One input file and where its result goes (``output`` None: the pipeline's default).
+
+    ``error`` is set when the job cannot run at all: a PATH that matched nothing, or an output
+    that collides with another job's.
+    """
+
+    input: str
+    output: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Options:
+    """The ``pipeline.optimize`` keywords, the same for every file of a batch."""
+
+    in_place: bool = False
+    validate_output: bool = True
+    input_shapes: dict[str, list[int]] = field(default_factory=dict)
+    atol: float | None = None
+    rtol: float | None = None
+    seed: int = 0
+    external_data: bool = False
+
+
+@dataclass
+class Outcome:
+    """What happened to one job: the ``Report.to_dict()`` document, or the one-line error."""
+
+    input: str
+    report: dict | None = None
+    error: str | None = None
+    traceback: str | None = None
+
+    @property
+    def status(self) -> str:
+        if self.report is None:
+            return UNUSABLE
+        return OK if self.report["ok"] else VALIDATION_FAILED
+
+    def to_dict(self) -> dict:
+        """The report document plus ``error`` (None); an unusable file gets the same core keys."""
+        if self.report is not None:
+            return {**self.report, "error": None}
+        return {"input": self.input, "output": None, "written": False, "ok": False, "error": self.error}
+
+
+# -- collecting jobs -------------------------------------------------------------------------
+
+
+def is_batch(paths: list[str] | tuple[str, ...]) -> bool:
+    """Several PATHs, a folder, or a glob pattern; one existing-or-plain file PATH is a single run."""
+    if len(paths) != 1:
+        return True
+    path = paths[0]
+    return os.path.isdir(path) or (not os.path.lexists(path) and glob.has_magic(path))
+
+
+def collect_jobs(paths, output_dir: str | os.PathLike | None = None, *, in_place: bool = False) -> list[Job]:
+    """One Job per input file named by ``paths`` (files, folders, globs), in order, each file once."""
+    out_root = Path(output_dir) if output_dir is not None else None
+    out_real = os.path.realpath(out_root) if out_root is not None else None
+    jobs: list[Job] = []
+    seen: set[str] = set()
+    for arg in paths:
+        searched = not os.path.isfile(arg)  # a folder or a glob: its files were found, not named
+        base = arg if os.path.isdir(arg) else _glob_base(arg)
+        found = collect([arg])
+        kept = 0  # files of this PATH left after skipping earlier results (duplicates count)
+        for item in found:
+            if item.error:
+                jobs.append(Job(item.path, error=item.error))
+                continue
+            key = os.path.realpath(item.path)
+            if searched and (item.path.endswith(FOLDED_SUFFIX) or _inside(key, out_real)):
+                continue
+            kept += 1
+            if key in seen:
+                continue
+            seen.add(key)
+            if out_root is None:
+                jobs.append(Job(item.path))
+            else:
+                rel = os.path.relpath(item.path, base) if searched else os.path.basename(item.path)
+                jobs.append(Job(item.path, str(out_root / rel)))
+        if searched and not kept and not any(item.error for item in found):
+            why = "no .onnx file to fold in this folder" if os.path.isdir(arg) else "matches no file to fold"
+            jobs.append(Job(arg, error=f"{arg}: {why} (*{FOLDED_SUFFIX} files and the output folder are skipped)"))
+    return _reject_collisions(jobs, in_place)
+
+
+def _glob_base(pattern: str) -> str:
+    """The folder part of a glob pattern before its first wildcard (``exported/**/*.onnx`` → ``exported``)."""
+    parts = Path(pattern).parts
+    fixed: list[str] = []
+    for part in parts[:-1]:
+        if glob.has_magic(part):
+            break
+        fixed.append(part)
+    return str(Path(*fixed)) if fixed else "."
+
+
+def _inside(path: str, folder: str | None) -> bool:
+    return folder is not None and (path == folder or path.startswith(folder + os.sep))
+
+
+def _reject_collisions(jobs: list[Job], in_place: bool) -> list[Job]:
+    """A result may not land on another job's result, nor (unless in place) on another input."""
+    from .pipeline import default_output
+
+    inputs = {os.path.realpath(j.input): j.input for j in jobs if j.error is None}
+    targets: dict[str, str] = {}
+    checked: list[Job] = []
+    for job in jobs:
+        if job.error is None:
+            me = os.path.realpath(job.input)
+            dst = me if in_place else os.path.realpath(job.output or default_output(job.input))
+            if dst in targets:
+                job = Job(job.input, error=f"{job.input}: its result would overwrite the result of {targets[dst]}")
+            elif not in_place and dst != me and dst in inputs:
+                job = Job(job.input, error=f"{job.input}: its result would overwrite the input {inputs[dst]}")
+            else:
+                targets[dst] = job.input
+        checked.append(job)
+    return checked
+
+
+# -- running jobs ----------------------------------------------------------------------------
+
+
+def fold_job(job: Job, options: Options, debug: bool = False) -> Outcome:
+    """Run ``pipeline.optimize`` on one job; every error becomes the Outcome's one-line message.
+
+    Top-level so that a process pool can pickle it; returns plain data (the report as a dict).
+    """
+    if job.error:
+        return Outcome(job.input, error=job.error)
+    from .pipeline import optimize
+
+    try:
+        report = optimize(job.input, job.output, in_place=options.in_place,
+                          validate_output=options.validate_output, input_shapes=options.input_shapes or None,
+                          atol=options.atol, rtol=options.rtol, seed=options.seed,
+                          external_data=options.external_data)
+    except BnfoldError as exc:
+        return Outcome(job.input, error=str(exc), traceback=traceback.format_exc() if debug else None)
+    except Exception as exc:  # a model shape nobody foresaw: one line naming the file, go on
+        return Outcome(job.input, error=f"{job.input}: {type(exc).__name__}: {exc}",
+                       traceback=traceback.format_exc() if debug else None)
+    return Outcome(job.input, report=report.to_dict())
+
+
+def run_jobs(
+    jobs: list[Job],
+    options: Options,
+    *,
+    workers: int = 1,
+    debug: bool = False,
+    on_done: Callable[[Outcome], None] | None = None,
+) -> list[Outcome]:
+    """Fold every job, in this process or in ``workers`` processes; outcomes in job order.
+
+    Output sub-folders are created here, before any worker starts (so two workers never race
+    over one), and those left empty afterwards (every file in them failed) are removed again.
+    """
+    created = _make_output_folders(jobs)
+    try:
+        runnable = [i for i, j in enumerate(jobs) if j.error is None]
+        outcomes: list[Outcome | None] = [None] * len(jobs)
+        for i, job in enumerate(jobs):
+            if job.error is not None:
+                outcomes[i] = fold_job(job, options, debug)
+                if on_done:
+                    on_done(outcomes[i])
+        workers = min(workers, len(runnable))
+        if workers <= 1:
+            for i in runnable:
+                outcomes[i] = fold_job(jobs[i], options, debug)
+                if on_done:
+                    on_done(outcomes[i])
+        else:
+            # spawn, not fork: the parent may run threads (the progress bar) and fork would copy them
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+                futures = {pool.submit(fold_job, jobs[i], options, debug): i for i in runnable}
+                for future in as_completed(futures):
+                    i = futures[future]
+                    try:
+                        outcomes[i] = future.result()
+                    except Exception as exc:  # the worker died (killed, out of memory): that file only
+                        outcomes[i] = Outcome(jobs[i].input, error=f"{jobs[i].input}: worker failed: "
+                                                                   f"{type(exc).__name__}: {exc}")
+                    if on_done:
+                        on_done(outcomes[i])
+        return [o for o in outcomes if o is not None]
+    finally:
+        _remove_if_empty(created)
+
+
+def _make_output_folders(jobs: list[Job]) -> list[Path]:
+    """Create the missing parent folders of every job's output; return them, deepest first."""
+    created: list[Path] = []
+    for job in jobs:
+        if job.error is not None or job.output is None:
+            continue
+        missing = [p for p in Path(job.output).parents if not p.exists()]
+        for folder in reversed(missing):
+            folder.mkdir()
+            created.append(folder)
+    return sorted(created, key=lambda p: len(p.parts), reverse=True)
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            pass  # not empty: a result landed there
+
+
+# -- reporting -------------------------------------------------------------------------------
+
+
+def exit_code(outcomes: list[Outcome]) -> int:
+    statuses = {o.status for o in outcomes}
+    return 2 if UNUSABLE in statuses else 1 if VALIDATION_FAILED in statuses else 0
+
+
+def summary(outcomes: list[Outcome]) -> dict:
+    reports = [o.report for o in outcomes if o.report is not None]
+    return {
+        "files": len(outcomes),
+        "written": sum(1 for r in reports if r["written"]),
+        "validation_failed": sum(1 for o in outcomes if o.status == VALIDATION_FAILED),
+        "unusable": sum(1 for o in outcomes if o.status == UNUSABLE),
+        "folds": sum(len(r["folds"]) for r in reports),
+        "refusals": sum(len(r["refusals"]) for r in reports),
+    }
+
+
+def to_json(outcomes: list[Outcome]) -> dict:
+    """The ``--json`` document of a batch: ``{"files": [...], "summary": {...}}``."""
+    return {"files": [o.to_dict() for o in outcomes], "summary": summary(outcomes)}
+
+
+def error_lines(outcomes: list[Outcome]) -> list[str]:
+    """One ``bnfold: error:`` line per failed file, in input order."""
+    lines = []
+    for o in outcomes:
+        if o.status == UNUSABLE:
+            message = o.error or f"{o.input}: failed"
+        elif o.status == VALIDATION_FAILED:
+            v = o.report["validation"] or {}
+            why = v.get("error") or "outputs differ beyond tolerance"
+            message = f"{o.input}: validation failed ({why}); nothing written"
+        else:
+            continue
+        lines.append(f"bnfold: error: {' '.join(message.split())}")
+    return lines
+
+
+def _validation_cell(report: dict) -> str:
+    v = report["validation"]
+    if v is None:
+        return "not run"
+    if v["error"]:
+        return "[red]could not run[/]"
+    return "[green]passed[/]" if v["passed"] else "[red]FAILED[/]"
+
+
+def render_summary(outcomes: list[Outcome], console) -> None:
+    """One row per file: folds, refusals, validation, nodes before→after, status; then the totals."""
+    from rich.table import Table
+
+    table = Table(title="bnfold optimize", title_justify="left")
+    for col in ("file", "folds", "refusals", "validation", "nodes before→after", "status"):
+        table.add_column(col, overflow="fold")
+    for o in outcomes:
+        r = o.report
+        if r is None:
+            table.add_row(o.input, "-", "-", "-", "-", "[red]unusable[/]")
+            continue
+        status = f"written → {r['output']}" if r["written"] else "[red]validation failed[/]"
+        table.add_row(o.input, str(len(r["folds"])), str(len(r["refusals"])), _validation_cell(r),
+                      f"{r['before']['nodes']}→{r['after']['nodes']}", status)
+    console.print(table)
+    s = summary(outcomes)
+    console.print(f"{s['files']} files: {s['written']} written, {s['validation_failed']} failed validation, "
+                  f"{s['unusable']} unusable; {s['folds']} folds, {s['refusals']} refusals")

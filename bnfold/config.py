@@ -1,0 +1,185 @@
+"""Settings from ``[tool.bnfold]`` in the nearest ``pyproject.toml``; command-line flags override them.
+
+::
+
+    [tool.bnfold]
+    atol = 1e-4                      # tolerances used when ``check --fix`` validates a fold
+    rtol = 1e-3
+    disable = ["bn-linear"]          # rules that do not run (names as in bnfold/rules/)
+    ignore = ["third_party/**", "*.quant.onnx"]   # paths skipped by ``check``
+
+The file is found by walking up from the current directory; the first ``pyproject.toml`` found
+is the project's, whether or not it has a ``[tool.bnfold]`` table (a parent project's settings
+never leak into a nested one). ``ignore`` globs are relative to that file's folder.
+
+Reading TOML needs ``tomllib`` (Python 3.11+) or the ``tomli`` package; on Python 3.10 without
+``tomli`` the settings are not read, and ``Settings.warning`` says so when the file has a
+``[tool.bnfold]`` table. An unknown key, a value of the wrong type or an unknown rule name is a
+``BnfoldError`` naming it (the CLI turns it into one line and exit 2).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import BnfoldError
+
+try:
+    import tomllib as _toml
+except ModuleNotFoundError:  # Python 3.10
+    try:
+        import tomli as _toml
+    except ModuleNotFoundError:
+        _toml = None
+
+KEYS = ("atol", "rtol", "disable", "ignore")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """``[tool.bnfold]``, validated. Defaults mean "not set": per-dtype tolerances, every rule, no ignore.
+
+    Attributes:
+        atol, rtol: tolerances for validating ``check --fix`` (None: the per-dtype default).
+        disable: names of rules that do not run.
+        ignore: glob patterns of paths ``check`` skips, relative to ``root``.
+        root: the folder of the ``pyproject.toml`` read (None when there was none).
+        warning: why settings that exist were not read (no TOML parser), else None.
+    """
+
+    atol: float | None = None
+    rtol: float | None = None
+    disable: tuple[str, ...] = ()
+    ignore: tuple[str, ...] = ()
+    root: Path | None = None
+    warning: str | None = None
+
+
+def find_pyproject(start: Path) -> Path | None:
+    """The first ``pyproject.toml`` in ``start`` or one of its parents."""
+    start = Path(os.path.abspath(start))
+    for folder in (start, *start.parents):
+        candidate = folder / "pyproject.toml"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_settings(start: Path, rule_names: Iterable[str] | None = None) -> Settings:
+    """Read ``[tool.bnfold]`` from the pyproject.toml nearest to ``start``.
+
+    ``rule_names`` are the names ``disable`` may use (default: those of ``DEFAULT_RULES``).
+    """
+    path = find_pyproject(start)
+    if path is None:
+        return Settings()
+    if _toml is None:
+        text = path.read_text(encoding="utf-8", errors="replace")
+        warning = None
+        if re.search(r"^\s*\[\s*tool\.bnfold\s*\]", text, re.MULTILINE):
+            warning = f"{path}: [tool.bnfold] not read: Python < 3.11 needs the 'tomli' package to read TOML"
+        return Settings(root=path.parent, warning=warning)
+    try:
+        with path.open("rb") as f:
+            doc = _toml.load(f)
+    except (_toml.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise BnfoldError(f"{path}: invalid TOML: {exc}") from None
+    table = doc.get("tool", {}).get("bnfold", {})
+    if not isinstance(table, dict):
+        raise BnfoldError(f"{path}: [tool.bnfold] must be a table")
+    return _parse(table, path, rule_names)
+
+
+def _parse(table: dict, path: Path, rule_names: Iterable[str] | None) -> Settings:
+    where = f"{path}: [tool.bnfold]"
+    for key in table:
+        if key not in KEYS:
+            raise BnfoldError(f"{where}: unknown key '{key}' (known: {', '.join(KEYS)})")
+    tolerances = {}
+    for key in ("atol", "rtol"):
+        value = table.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+            raise BnfoldError(f"{where}: '{key}' must be a number >= 0, not {value!r}")
+        tolerances[key] = None if value is None else float(value)
+    lists = {}
+    for key in ("disable", "ignore"):
+        value = table.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise BnfoldError(f"{where}: '{key}' must be a list of strings, not {value!r}")
+        lists[key] = tuple(value)
+    check_rule_names(lists["disable"], f"{where}: 'disable'", rule_names)
+    return Settings(**tolerances, disable=lists["disable"], ignore=lists["ignore"], root=path.parent)
+
+
+def check_rule_names(names: Iterable[str], where: str, rule_names: Iterable[str] | None = None) -> None:
+    """Raise BnfoldError naming the first of ``names`` that is not a rule."""
+    if rule_names is None:
+        from .rules import DEFAULT_RULES
+
+        rule_names = [r.name for r in DEFAULT_RULES]
+    known = list(rule_names)
+    for name in names:
+        if name not in known:
+            raise BnfoldError(f"{where}: unknown rule '{name}' (rules: {', '.join(known)})")
+
+
+# -- ignore globs ----------------------------------------------------------------------------
+
+
+def glob_regex(pattern: str) -> re.Pattern:
+    """A regex for a path glob: ``*`` and ``?`` stay within one folder, ``**`` crosses folders.
+
+    As in ``.gitignore``, a pattern without ``/`` (a trailing one aside) matches a file or folder
+    name at any depth (``*.quant.onnx``, ``legacy/``); one with ``/`` matches from the base
+    folder (``models/old/**``, ``/top.onnx``).
+    """
+    anchored = "/" in pattern.rstrip("/")
+    pattern = pattern.strip("/")
+    out, i = [], 0
+    while i < len(pattern):
+        c = pattern[i]
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+            continue
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+            continue
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "[" and "]" in pattern[i + 2:]:
+            end = pattern.index("]", i + 2)
+            body = pattern[i + 1:end]
+            body = "^" + body[1:] if body.startswith("!") else body
+            out.append("[" + body.replace("\\", "\\\\") + "]")
+            i = end + 1
+            continue
+        else:
+            out.append(re.escape(c))
+        i += 1
+    prefix = "" if anchored else "(?:.*/)?"
+    return re.compile(prefix + "".join(out))
+
+
+def is_ignored(path: str | Path, patterns: Iterable[tuple[Path, str]]) -> bool:
+    """Whether ``path`` or one of its folders matches a pattern; each pattern is (base folder, glob).
+
+    The path is matched relative to the pattern's base folder; a path outside it never matches.
+    """
+    absolute = Path(os.path.abspath(path))
+    for base, pattern in patterns:
+        try:
+            parts = absolute.relative_to(os.path.abspath(base)).parts
+        except ValueError:
+            continue
+        regex = glob_regex(pattern)
+        if any(regex.fullmatch("/".join(parts[:k])) for k in range(1, len(parts) + 1)):
+            return True
+    return False
