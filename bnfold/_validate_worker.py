@@ -176,7 +176,9 @@ def compare(name: str, ref: np.ndarray, got: np.ndarray, atol: float | None, rto
     big = np.abs(r) > tol.atol
     max_rel = float((diff[big] / np.abs(r[big])).max()) if np.any(big) else 0.0
     passed = bool(np.all(diff <= tol.atol + tol.rtol * np.abs(np.nan_to_num(r))))
-    return {**result, "max_abs": max_abs, "max_rel": max_rel, "passed": passed}
+    finite = np.abs(r[np.isfinite(r)])
+    max_ref = float(finite.max()) if finite.size else float("nan")
+    return {**result, "max_abs": max_abs, "max_rel": max_rel, "passed": passed, "max_ref": max_ref}
 
 
 def main(request_path: str) -> int:

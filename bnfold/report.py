@@ -58,12 +58,16 @@ def render(report: Report, console: Console) -> None:
         shapes = ", ".join(f"{k}={'x'.join(map(str, s))}" for k, s in v.inputs.items())
         console.print(f"Validation {status}: {v.backend}, seed {v.seed}, inputs {shapes}")
         table = Table(title_justify="left")
-        for col in ("output", "dtype", "max abs err", "max rel err", "atol", "rtol", "ok"):
+        for col in ("output", "dtype", "max |original|", "max abs err", "max rel err", "atol", "rtol", "ok"):
             table.add_column(col)
         for o in v.outputs:
-            table.add_row(o.name, o.dtype, f"{o.max_abs:.3g}", f"{o.max_rel:.3g}", f"{o.atol:g}", f"{o.rtol:g}",
-                          "yes" if o.passed else "[red]NO[/]")
+            table.add_row(o.name, o.dtype, f"{o.max_ref:.3g}", f"{o.max_abs:.3g}", f"{o.max_rel:.3g}", f"{o.atol:g}",
+                          f"{o.rtol:g}", "yes" if o.passed else "[red]NO[/]")
         console.print(table)
+        for o in v.outputs:
+            if o.uninformative:
+                console.print(f"[yellow]Note[/]: output '{o.name}' is within atol of zero everywhere on these "
+                              "random inputs, so its comparison proves little (random weights? try --seed or real data).")
 
     table = Table(title="Model", title_justify="left")
     for col in ("", "before", "after", "change"):

@@ -26,7 +26,11 @@ import onnx
 
 @dataclass(frozen=True)
 class OutputComparison:
-    """Errors of one graph output. ``max_rel`` is taken over elements with ``|original| > atol``."""
+    """Errors of one graph output. ``max_rel`` is taken over elements with ``|original| > atol``.
+
+    ``max_ref`` is the largest ``|original|`` value: when it is within ``atol`` the output is
+    (nearly) zero on these inputs and a pass proves little.
+    """
 
     name: str
     dtype: str
@@ -36,6 +40,11 @@ class OutputComparison:
     atol: float
     rtol: float
     passed: bool
+    max_ref: float = float("nan")
+
+    @property
+    def uninformative(self) -> bool:
+        return self.max_ref <= self.atol
 
 
 @dataclass

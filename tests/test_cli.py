@@ -29,7 +29,7 @@ MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 SAMPLES = ["resnet_stack.onnx", "depthwise_block.onnx", "conv1d_bn.onnx"]
 JSON_KEYS = {"input", "output", "written", "ok", "folds", "refusals", "validation", "before", "after", "seconds"}
 VALIDATION_KEYS = {"passed", "outputs", "backend", "inputs", "seed", "error"}
-OUTPUT_KEYS = {"name", "dtype", "shape", "max_abs", "max_rel", "atol", "rtol", "passed"}
+OUTPUT_KEYS = {"name", "dtype", "shape", "max_abs", "max_rel", "atol", "rtol", "passed", "max_ref"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,9 +195,9 @@ def test_table_lists_folds_refusals_validation_and_sizes(tmp_path):
     assert refusal[1] == "conv-bn" and "Relu 'relu'" in refusal[2] and "not a linear op" in refusal[2]
     assert "Validation passed" in text and "X=1x4x8x8" in text
 
-    name, dtype, max_abs, max_rel, atol, rtol, ok = table_row(text, "Z")
+    name, dtype, max_ref, max_abs, max_rel, atol, rtol, ok = table_row(text, "Z")
     assert (dtype, atol, rtol, ok) == ("float32", "0.0001", "0.001", "yes")
-    assert 0 < float(max_abs) <= 1e-4 and float(max_rel) >= 0
+    assert 0 < float(max_abs) <= 1e-4 and float(max_rel) >= 0 and float(max_ref) > 0.1
 
     original, folded = onnx.load(src), onnx.load(dst)
     assert [n.name for n in bn_nodes(folded)] == ["bn_tail"]

@@ -302,3 +302,19 @@ def test_same_seed_same_numbers_other_seed_other_inputs(pair, correct):
     assert again.to_dict() == correct.to_dict()
     assert other.seed == 1 and other.passed
     assert other.outputs[0].max_abs != correct.outputs[0].max_abs
+
+
+def test_max_ref_reports_the_size_of_the_original_output():
+    """A pass on outputs that are zero everywhere proves little: the result says how big they were."""
+    model = builders.conv_bn_model()
+    folded = bnfold.fold(model).model
+    result = bnfold.validate(model, folded)
+    (out,) = result.outputs
+    assert out.max_ref > 0.1 and not out.uninformative
+    zeroed = onnx.ModelProto()
+    zeroed.CopyFrom(model)
+    for tensor in zeroed.graph.initializer:
+        if tensor.name in ("bn_scale", "bn_bias"):
+            tensor.CopyFrom(onnx.numpy_helper.from_array(np.zeros(tensor.dims, np.float32), tensor.name))
+    result = bnfold.validate(zeroed, bnfold.fold(zeroed).model)
+    assert result.passed and result.outputs[0].max_ref == 0.0 and result.outputs[0].uninformative
