@@ -32,14 +32,15 @@ Preconditions (each refusal names the reason):
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..constants import FOLDABLE_CONSTANT_OPS, ONNX_DOMAINS
+from ..constants import ONNX_DOMAINS
 from ..errors import NoFold
-from ..graph import MAX_CONSTANT_DEPTH, FoldGraph
+from ..graph import FoldGraph
 from .base import Fold, Rule, describe
 from .linear import (
     KINDS,
@@ -80,31 +81,16 @@ def looks_constant(tensor: gs.Tensor, graph: FoldGraph) -> bool:
     """Whether ``tensor`` is (structurally) a constant: an initializer, or computed from constants.
 
     An initializer counts even when callers may override it: the check then refuses it with that
-    reason. Cheap for activations: their producer is not one of the ops constants are made with.
+    reason. Cheap for activations: ``graph.constant`` stops at the first producer that is not an
+    op constants are made with.
     """
     if isinstance(tensor, gs.Constant):
         return True
-    if not _made_of_constants(tensor, graph, 0):
-        return False
     try:
         graph.constant(tensor)
     except NoFold:
         return False
     return True
-
-
-def _made_of_constants(tensor: gs.Tensor, graph: FoldGraph, depth: int) -> bool:
-    """Whether every path back from ``tensor`` ends in initializers through ops constants are made
-    with: a structural pre-test that stops at the first activation (``graph.constant`` would
-    evaluate everything up to the graph inputs before giving up)."""
-    if isinstance(tensor, gs.Constant):
-        return True
-    producer = graph.producer(tensor)
-    if producer is None or depth >= MAX_CONSTANT_DEPTH:
-        return False
-    if producer.domain not in ONNX_DOMAINS or producer.op not in FOLDABLE_CONSTANT_OPS:
-        return False
-    return all(_made_of_constants(t, graph, depth + 1) for t in producer.inputs if t.name)
 
 
 def elementwise_operands(node: gs.Node, graph: FoldGraph) -> list[Elementwise]:
@@ -230,22 +216,11 @@ class AffineAfterLinearRule(Rule):
         return AffineAfterLinearPlan(fold_affine(linear, s, t), element.node)
 
     def rewrite(self, plan: AffineAfterLinearPlan, graph: FoldGraph) -> Fold:
-        node, linear = plan.node, plan.folded.linear
-        if linear.bias is None and not np.any(plan.folded.bias):
-            _rewrite_weight_only(plan.folded, node, graph)
-        else:
-            rewrite_affine(plan.folded, node, graph)
+        node, folded = plan.node, plan.folded
+        linear = folded.linear
+        if linear.bias is None and not np.any(folded.bias):
+            # scale only, into an op without bias: add no zero bias (for MatMul that would be a
+            # new Add node in place of the removed Mul)
+            folded = dataclasses.replace(folded, bias=None)
+        rewrite_affine(folded, node, graph)
         return Fold(self.name, node.name, node.op, linear.node.name, linear.node.op)
-
-
-def _rewrite_weight_only(folded: FoldedLinear, node: gs.Node, graph: FoldGraph) -> None:
-    """A scale-only fold into a linear op without bias: replace the weight, add no zero bias
-    (for MatMul that would be a new Add node in place of the removed Mul)."""
-    linear = folded.linear.node
-    label = linear.name or linear.outputs[0].name
-    weight = graph.replacement_constant(linear.inputs[1], folded.weight, f"{label}.weight_folded")
-    graph.replace_input(linear, 1, weight)
-    y = node.outputs[0]
-    node.outputs.clear()
-    graph.replace_output(linear, 0, y)
-    graph.remove_node(node)

@@ -55,11 +55,14 @@ class Linear:
 
 @dataclass(frozen=True)
 class FoldedLinear:
-    """New weight and bias for a Linear, already cast (and checked) to their dtypes."""
+    """New weight and bias for a Linear, already cast (and checked) to their dtypes.
+
+    ``bias`` None: the op has no bias and keeps none (a scale-only fold).
+    """
 
     linear: Linear
     weight: np.ndarray
-    bias: np.ndarray
+    bias: np.ndarray | None
 
 
 class LinearKind(ABC):
@@ -102,6 +105,8 @@ def _replace_weight_and_bias(folded: FoldedLinear, graph: FoldGraph, bias_index:
     node = folded.linear.node
     label = _label(node)
     graph.replace_input(node, 1, graph.replacement_constant(node.inputs[1], folded.weight, f"{label}.weight_folded"))
+    if folded.bias is None:
+        return node
     if len(node.inputs) > bias_index and node.inputs[bias_index].name:
         new_bias = graph.replacement_constant(node.inputs[bias_index], folded.bias, f"{label}.bias_folded")
     else:
@@ -177,7 +182,7 @@ class GemmKind(LinearKind):
 
     def write(self, folded: FoldedLinear, graph: FoldGraph) -> gs.Node:
         node = _replace_weight_and_bias(folded, graph)
-        if float(node.attrs.get("beta", 1.0)) != 1.0:
+        if folded.bias is not None and float(node.attrs.get("beta", 1.0)) != 1.0:
             graph.set_attr(node, "beta", 1.0)  # beta is folded into the new C
         return node
 
@@ -207,6 +212,8 @@ class MatMulKind(LinearKind):
         linear, node = folded.linear, folded.linear.node
         label = _label(node)
         graph.replace_input(node, 1, graph.replacement_constant(node.inputs[1], folded.weight, f"{label}.weight_folded"))
+        if folded.bias is None:
+            return node
         add = linear.bias_node
         if add is not None:
             index = 0 if add.inputs[1] is node.outputs[0] else 1
