@@ -36,6 +36,7 @@ from pathlib import Path
 
 from .check import collect
 from .errors import BnfoldError
+from .validation import failure_reason
 
 FOLDED_SUFFIX = ".folded.onnx"
 
@@ -296,7 +297,7 @@ def error_lines(outcomes: list[Outcome]) -> list[str]:
             message = o.error or f"{o.input}: failed"
         elif o.status == VALIDATION_FAILED:
             v = o.report["validation"] or {}
-            why = v.get("error") or "outputs differ beyond tolerance"
+            why = failure_reason(v.get("error"))
             message = f"{o.input}: validation failed ({why}); nothing written"
         else:
             continue

@@ -25,6 +25,7 @@ from pathlib import Path
 from .config import is_ignored
 from .errors import BnfoldError
 from .rules import Fold, Refusal, Rule
+from .validation import failure_reason
 
 FORMATS = ("text", "json", "github")
 
@@ -142,7 +143,7 @@ def _fix(item: FileCheck, rules: Sequence[Rule] | None, atol: float | None, rtol
         item.fixed = True
     else:
         validation = report.validation
-        why = validation.error if validation is not None and validation.error else "outputs differ beyond tolerance"
+        why = failure_reason(validation.error if validation is not None else None)
         item.error = f"{item.path}: validation failed ({why}); file left untouched"
 
 

@@ -125,9 +125,9 @@ def optimize(models, output, in_place, validate, input_shapes, atol, rtol, seed,
 
         render(report, Console(highlight=False, soft_wrap=False))
     if not report.ok:
-        v = report.validation
-        why = v.error if v.error else "outputs differ beyond tolerance"
-        _fail(f"{model}: validation failed ({why}); nothing written")
+        from .validation import failure_reason
+
+        _fail(f"{model}: validation failed ({failure_reason(report.validation.error)}); nothing written")
         return EXIT_VALIDATION_FAILED
     return EXIT_OK
 

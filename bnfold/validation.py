@@ -66,6 +66,11 @@ class ValidationResult:
         return asdict(self)
 
 
+def failure_reason(error: str | None) -> str:
+    """Why a validation failed, for one-line messages: the run's error, or the outputs differed."""
+    return error or "outputs differ beyond tolerance"
+
+
 def parse_input_shapes(specs: list[str] | tuple[str, ...]) -> dict[str, list[int]]:
     """Parse ``name=1x3x224x224`` specs (the CLI's ``--input-shape``) into a dict; ValueError if malformed."""
     shapes: dict[str, list[int]] = {}
