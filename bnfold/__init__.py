@@ -6,6 +6,7 @@ Python API::
     result = bnfold.fold("model.onnx")          # or an onnx.ModelProto
     check = bnfold.validate("model.onnx", result.model)
     assert check.passed
+    latency = bnfold.bench("model.onnx")         # original vs folded in memory, both ORT settings
 
 Names are imported lazily so that ``bnfold --help`` does not pay for onnx and numpy.
 """
@@ -26,6 +27,9 @@ _EXPORTS = {
     "load_model": "bnfold.io",
     "optimize": "bnfold.pipeline",
     "Report": "bnfold.pipeline",
+    "bench": "bnfold.latency.runner",
+    "BenchOptions": "bnfold.latency.runner",
+    "BenchResult": "bnfold.latency.runner",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -6,6 +6,8 @@ Exit codes: 0 success; 1 validation failed (nothing written); 2 usage error or u
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import os
 import sys
@@ -54,6 +56,48 @@ class _BnfoldGroup(click.Group):
         sys.exit(code or 0)
 
 
+def _input_options(command):
+    """--input-shape and --seed: how the random inputs of validation and latency runs are made."""
+    command = click.option("--seed", type=int, default=0, show_default=True,
+                           help="Seed of the random inputs (and of the latency bootstrap).")(command)
+    return click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS",
+                        help="Shape for an input with symbolic dims, e.g. input=1x3x224x224 (repeatable; default 1 per "
+                             "symbolic dim).")(command)
+
+
+def _bench_options(command):
+    """How latency is measured (bnfold bench, optimize --bench); defaults from bnfold.latency."""
+    from . import latency as d  # the defaults only: no onnx or numpy import for --help
+
+    for option in reversed((
+        click.option("--runs", type=click.IntRange(min=d.MIN_PAIRS), default=d.RUNS, show_default=True,
+                     help="Most original/folded pairs timed per setting."),
+        click.option("--time-budget", type=click.FloatRange(min=0, min_open=True), default=d.TIME_BUDGET,
+                     show_default=True, metavar="SECONDS",
+                     help=f"Stop timing a setting after this long (at least {d.MIN_PAIRS} pairs), or after --runs "
+                          "pairs, whichever comes first."),
+        click.option("--warmup", type=click.IntRange(min=0), default=d.WARMUP, show_default=True,
+                     help="Untimed runs of each model before timing."),
+        click.option("--threads", type=click.IntRange(min=1), default=None,
+                     help="onnxruntime intra-op threads (default: onnxruntime's own choice)."),
+        click.option("--provider", default=None, metavar="NAME",
+                     help="onnxruntime execution provider, e.g. CUDAExecutionProvider (default: CPU; must be available)."),
+    )):
+        command = option(command)
+    return command
+
+
+def _bench_progress(runs: int):
+    """A progress bar on stderr for a person watching; nothing for pipes and CliRunner."""
+    if not sys.stderr.isatty():
+        return contextlib.nullcontext(None)
+    from rich.console import Console
+
+    from .latency.report import progress_bar
+
+    return progress_bar(Console(stderr=True), runs)
+
+
 @click.group(cls=_BnfoldGroup)
 @click.version_option(package_name="bnfold")
 def cli() -> None:
@@ -69,19 +113,20 @@ def cli() -> None:
 @click.option("--in-place", is_flag=True, help="Replace each MODEL with the folded model (atomically).")
 @click.option("--validate/--no-validate", default=True, show_default=True,
               help="Run original and folded model with onnxruntime and compare outputs.")
-@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS",
-              help="Shape for an input with symbolic dims, e.g. input=1x3x224x224 (repeatable; default 1 per symbolic dim).")
+@_input_options
 @click.option("--atol", type=float, default=None, help="Absolute tolerance (default per dtype: float32 1e-4, float16 1e-2).")
 @click.option("--rtol", type=float, default=None, help="Relative tolerance (default per dtype: float32 1e-3, float16 1e-2).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random validation inputs.")
 @click.option("--external-data", is_flag=True,
               help="Store tensors in a side file <OUTPUT>.data (automatic when the input had external data or the result exceeds 2 GB).")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Fold this many files at once, each in its own process.")
+@click.option("--bench", "bench", is_flag=True,
+              help="Also measure the latency of MODEL against the result (as bnfold bench does) and add it to the report.")
+@_bench_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def optimize(models, output, in_place, validate, input_shapes, atol, rtol, seed, external_data, jobs, as_json,
-             debug) -> int:
+def optimize(models, output, in_place, validate, input_shapes, atol, rtol, seed, external_data, jobs, bench, runs,
+             time_budget, warmup, threads, provider, as_json, debug) -> int:
     """Fold each MODEL and write the result, validated, atomically.
 
     MODEL is a model file, a folder (searched recursively for *.onnx, skipping *.folded.onnx) or a
@@ -93,6 +138,7 @@ def optimize(models, output, in_place, validate, input_shapes, atol, rtol, seed,
     Example:
       bnfold optimize models/resnet_stack.onnx -o resnet_stack.folded.onnx
       bnfold optimize models/ more.onnx -o folded/ -j 4
+      bnfold optimize models/resnet_stack.onnx --bench --time-budget 5
     """
     from .batch import is_batch
     from .errors import BnfoldError
@@ -104,14 +150,25 @@ def optimize(models, output, in_place, validate, input_shapes, atol, rtol, seed,
     except ValueError as exc:
         raise BnfoldError(str(exc)) from None
     if is_batch(models):
+        if bench:
+            raise BnfoldError("--bench measures one model at a time; give a single MODEL file")
         return _optimize_batch(models, output, in_place, validate, shapes, atol, rtol, seed, external_data, jobs,
                                as_json, debug)
     [model] = models
     if output is not None and os.path.isdir(output):  # an existing folder: the result keeps the file's name
         output = os.path.join(output, os.path.basename(model))
+    bench_options = None
+    if bench:
+        from .latency.runner import BenchOptions
+
+        bench_options = BenchOptions(runs=runs, time_budget=time_budget, warmup=warmup, threads=threads,
+                                     provider=provider).checked()
     try:
-        report = run_optimize(model, output, in_place=in_place, validate_output=validate, input_shapes=shapes,
-                              atol=atol, rtol=rtol, seed=seed, external_data=external_data)
+        with _bench_progress(runs) if bench else contextlib.nullcontext(None) as on_progress:
+            if bench_options is not None:
+                bench_options = dataclasses.replace(bench_options, on_progress=on_progress)
+            report = run_optimize(model, output, in_place=in_place, validate_output=validate, input_shapes=shapes,
+                                  atol=atol, rtol=rtol, seed=seed, external_data=external_data, bench=bench_options)
     except BnfoldError:
         raise
     except Exception as exc:  # name the file in the one-line error
@@ -124,6 +181,9 @@ def optimize(models, output, in_place, validate, input_shapes, atol, rtol, seed,
         from .report import render
 
         render(report, Console(highlight=False, soft_wrap=False))
+    if report.bench_error:
+        click.echo(f"bnfold: warning: {' '.join(report.bench_error.split())} (the output was written: it validated)",
+                   err=True)
     if not report.ok:
         from .validation import failure_reason
 
@@ -226,6 +286,76 @@ def check(paths, fix, fmt, verbose, disable, ignore, atol, rtol, debug) -> int:
     return exit_code(checks, fix=fix)
 
 
+@cli.command()
+@click.argument("model", type=click.Path(path_type=str, dir_okay=False))
+@click.argument("folded", required=False, type=click.Path(path_type=str, dir_okay=False))
+@_bench_options
+@_input_options
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout (raw per-run latencies included).")
+@click.option("--plot", "plot", type=click.Path(path_type=str, dir_okay=False), metavar="FILE.png",
+              help="Draw the latency distributions and the speedups with their intervals (needs bnfold[plot]).")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def bench(model, folded, runs, time_budget, warmup, threads, provider, input_shapes, seed, as_json, plot,
+          debug) -> int:
+    """Latency of MODEL against FOLDED (default: MODEL folded in memory) with onnxruntime.
+
+    Two settings, both reported: "disabled" (ORT_DISABLE_ALL: the graph as written, what a runtime
+    that does not fuse pays) and "default" (onnxruntime's default level, which fuses Conv+BN
+    itself at session creation: what a plain onnxruntime deployment sees). Per setting: session
+    creation (median of 5), warm-up, then interleaved original/folded pairs in ABBA order until
+    --runs pairs or --time-budget seconds; median, p90, p99 and the speedup
+    median(original)/median(folded) with a 95% paired bootstrap interval. An interval that
+    contains 1 is reported as no measurable difference. Exit codes: 0 measured; 2 unusable
+    model or option, or the runtime could not run a model (one line on stderr).
+
+    \b
+    Example:
+      bnfold bench models/resnet_stack.onnx
+      bnfold bench original.onnx folded.onnx --threads 1 --time-budget 30 --json > latency.json
+      bnfold bench models/resnet_stack.onnx --plot latency.png
+    """
+    from .errors import BnfoldError
+    from .latency.runner import BenchOptions
+    from .latency.runner import bench as run_bench
+    from .validation import parse_input_shapes
+
+    try:
+        shapes = parse_input_shapes(input_shapes)
+    except ValueError as exc:
+        raise BnfoldError(str(exc)) from None
+    if plot is not None:  # before measuring: a missing matplotlib must not waste the run
+        from .latency.plot import check_destination, require_matplotlib
+
+        require_matplotlib()
+        check_destination(plot)
+    options = BenchOptions(runs=runs, time_budget=time_budget, warmup=warmup, threads=threads, provider=provider)
+    options = options.checked()
+    try:
+        with _bench_progress(runs) as on_progress:
+            result = run_bench(model, folded, input_shapes=shapes, seed=seed,
+                               options=dataclasses.replace(options, on_progress=on_progress))
+    except BnfoldError:
+        raise
+    except Exception as exc:  # name the file in the one-line error
+        raise _InternalError(model, exc) from exc
+    if plot is not None:
+        from .latency.plot import plot_bench
+
+        plot_bench(result, plot)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        from rich.console import Console
+
+        from .latency.report import render_bench
+
+        console = Console(highlight=False, soft_wrap=False)
+        render_bench(result, console)
+        if plot is not None:
+            console.print(f"Plot: {plot}")
+    return EXIT_OK
+
+
 class _InternalError(Exception):
     def __init__(self, model: str, exc: Exception):
         super().__init__(f"{model}: {type(exc).__name__}: {exc}")
@@ -233,6 +363,9 @@ class _InternalError(Exception):
 
 def main() -> None:
     """Console-script entry point."""
+    from ._malloc import return_freed_memory
+
+    return_freed_memory()
     cli.main()
 
 

@@ -12,12 +12,16 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import BnfoldError
 from .rules import Rule
 from .folding import FoldResult, fold
 from .io import read_model, staged_output, write_model
 from .validation import ValidationResult, validate
+
+if TYPE_CHECKING:
+    from .latency.runner import BenchOptions, BenchResult
 
 
 @dataclass
@@ -32,6 +36,9 @@ class Report:
     input_bytes: int
     output_bytes: int | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    #: Latency of the input against the output (``bench=``), or why it could not be measured.
+    bench: BenchResult | None = None
+    bench_error: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -50,6 +57,8 @@ class Report:
             "before": {**r.before.to_dict(), "file_bytes": self.input_bytes},
             "after": {**r.after.to_dict(), "file_bytes": self.output_bytes},
             "seconds": self.timings,
+            "bench": self.bench.to_dict() if self.bench is not None
+            else {"error": self.bench_error} if self.bench_error else None,
         }
 
 
@@ -71,6 +80,7 @@ def optimize(
     seed: int = 0,
     external_data: bool = False,
     rules: Sequence[Rule] | None = None,
+    bench: BenchOptions | None = None,
 ) -> Report:
     """Fold ``src`` and write the result to ``dst`` (default ``<stem>.folded.onnx`` beside it).
 
@@ -78,14 +88,23 @@ def optimize(
     data, when it would exceed protobuf's 2 GB, or with ``external_data=True``.
     Raises BnfoldError for unusable input or arguments. When validation fails the report says so
     (``report.ok`` is False) and nothing is written.
+
+    With ``bench`` options, the latency of ``src`` against the staged output is measured after
+    validation passed and before the output moves into place (so in place, ``src`` is still the
+    original): ``report.bench``, or ``report.bench_error`` when the runtime could not measure it
+    (the output is written all the same; it was validated).
     """
+    if bench is not None:
+        bench = bench.checked()  # a bad provider or count is a usage error before any work
     try:
-        return _optimize(src, dst, in_place, validate_output, input_shapes, atol, rtol, seed, external_data, rules)
+        return _optimize(src, dst, in_place, validate_output, input_shapes, atol, rtol, seed, external_data, rules,
+                         bench)
     except _ValidationFailed as failed:
         return failed.report
 
 
-def _optimize(src, dst, in_place, validate_output, input_shapes, atol, rtol, seed, external_data, rules) -> Report:
+def _optimize(src, dst, in_place, validate_output, input_shapes, atol, rtol, seed, external_data, rules,
+              bench) -> Report:
     src = Path(src)
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -101,7 +120,7 @@ def _optimize(src, dst, in_place, validate_output, input_shapes, atol, rtol, see
         raise BnfoldError(f"{dst}: the output path is a directory")
     if not dst.parent.is_dir():
         raise BnfoldError(f"{dst}: the output folder {dst.parent} does not exist")
-    _check_input_shapes(src, model, input_shapes or {})
+    check_input_shapes(src, model, input_shapes or {})
     try:
         result = fold(model, rules, in_place=True)
     except UnicodeDecodeError:
@@ -120,12 +139,30 @@ def _optimize(src, dst, in_place, validate_output, input_shapes, atol, rtol, see
                 report.output_bytes = None
                 report.timings = timings
                 raise _ValidationFailed(report)
+        if bench is not None:
+            start = time.perf_counter()
+            _bench(report, src, tmp, input_shapes, seed, bench)
+            timings["bench"] = time.perf_counter() - start
     report.written = True
     report.timings = timings
     return report
 
 
-def _check_input_shapes(src: Path, model, shapes: dict[str, list[int]]) -> None:
+def _bench(report: Report, src: Path, staged: Path, input_shapes, seed: int, options: BenchOptions) -> None:
+    from .latency.runner import ModelFigures, run_bench
+
+    r = report.result
+    try:
+        report.bench = run_bench(
+            src, staged, before=ModelFigures.of(r.before, report.input_bytes),
+            after=ModelFigures.of(r.after, report.output_bytes), folds=len(r.folds), input_shapes=input_shapes,
+            seed=seed, options=options, original_label=str(src), folded_label=report.output, checked=True)
+    except BnfoldError as exc:
+        report.bench_error = str(exc)
+
+
+def check_input_shapes(src: Path, model, shapes: dict[str, list[int]]) -> None:
+    """BnfoldError when ``--input-shape`` names something that is not a (non-initializer) input."""
     inits = {t.name for t in model.graph.initializer}
     names = {i.name for i in model.graph.input if i.name not in inits}
     unknown = sorted(set(shapes) - names)

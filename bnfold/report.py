@@ -79,3 +79,10 @@ def render(report: Report, console: Console) -> None:
                   _change(report.input_bytes, report.output_bytes))
     console.print(table)
     console.print("Time: " + ", ".join(f"{k} {v:.3f} s" for k, v in report.timings.items()))
+
+    if report.bench is not None:
+        from .latency.report import render_latency
+
+        render_latency(report.bench, console)
+    elif report.bench_error:
+        console.print(f"[yellow]Latency not measured[/]: {report.bench_error}")

@@ -19,7 +19,8 @@ from click.testing import CliRunner, Result
 from bnfold.cli import cli
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
-REPORT_KEYS = {"input", "output", "written", "ok", "folds", "refusals", "validation", "before", "after", "seconds"}
+REPORT_KEYS = {"input", "output", "written", "ok", "folds", "refusals", "validation", "before", "after", "seconds",
+               "bench"}
 SUMMARY_KEYS = {"files", "written", "validation_failed", "unusable", "folds", "refusals"}
 
 

@@ -27,7 +27,8 @@ from bnfold.cli import cli
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 SAMPLES = ["resnet_stack.onnx", "depthwise_block.onnx", "conv1d_bn.onnx"]
-JSON_KEYS = {"input", "output", "written", "ok", "folds", "refusals", "validation", "before", "after", "seconds"}
+JSON_KEYS = {"input", "output", "written", "ok", "folds", "refusals", "validation", "before", "after", "seconds",
+             "bench"}
 VALIDATION_KEYS = {"passed", "outputs", "backend", "inputs", "seed", "error"}
 OUTPUT_KEYS = {"name", "dtype", "shape", "max_abs", "max_rel", "atol", "rtol", "passed", "max_ref"}
 
