@@ -119,10 +119,11 @@ def check_file(
     if item.error:
         return item
     from .folding import fold
-    from .io import load_model
+    from .io import read_model
 
     try:
-        result = fold(load_model(item.path), rules, in_place=True)
+        model, _ = read_model(item.path, lazy=True)
+        result = fold(model, rules, in_place=True, base_dir=Path(item.path).parent)
         item.findings, item.refusals = list(result.folds), list(result.refusals)
         if fix and item.findings:
             _fix(item, rules, atol, rtol)

@@ -32,15 +32,24 @@ FOLDABLE_CONSTANT_OPS = frozenset(
 MAX_CONSTANT_ELEMENTS = 1 << 26
 
 
-def tensor_value(tensor: gs.Constant) -> np.ndarray:
+def tensor_value(tensor: gs.Constant, base_dir: str | None = None) -> np.ndarray:
     """The exact values of a gs.Constant, read straight from its TensorProto when it has one.
 
     onnx-graphsurgeon converts dtypes NumPy lacks (bfloat16) when it loads values itself;
-    ``numpy_helper.to_array`` keeps them (as ml_dtypes arrays).
+    ``numpy_helper.to_array`` keeps them (as ml_dtypes arrays). A tensor whose data is still on
+    disk (a model read lazily, see ``bnfold.io.read_model``) is read from ``base_dir``; without
+    one it is not a usable constant.
     """
     lazy = tensor._values
     if isinstance(lazy, gs.ir.tensor.LazyValues) and isinstance(lazy.tensor, onnx.TensorProto):
-        return numpy_helper.to_array(lazy.tensor)
+        proto = lazy.tensor
+        if proto.data_location == onnx.TensorProto.EXTERNAL:
+            if base_dir is None:
+                raise NoFold(f"'{proto.name}' keeps its data in an external file that was not loaded")
+            from .io import external_array
+
+            return external_array(proto, base_dir)
+        return numpy_helper.to_array(proto)
     return np.asarray(tensor.values)
 
 

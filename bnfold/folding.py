@@ -55,7 +55,11 @@ class FoldResult:
 
 
 def fold(
-    model: onnx.ModelProto | str | os.PathLike, rules: Sequence[Rule] | None = None, *, in_place: bool = False
+    model: onnx.ModelProto | str | os.PathLike,
+    rules: Sequence[Rule] | None = None,
+    *,
+    in_place: bool = False,
+    base_dir: str | os.PathLike | None = None,
 ) -> FoldResult:
     """Fold every foldable BatchNormalization into the linear op that feeds it.
 
@@ -64,6 +68,8 @@ def fold(
         rules: the rules to run (default: ``bnfold.rules.DEFAULT_RULES``).
         in_place: edit ``model`` itself instead of a copy (saves a copy of the weights; the
             pipeline uses it for models it loaded).
+        base_dir: for a model read with ``bnfold.io.read_model(path, lazy=True)``, the folder of
+            ``path``: weights still on disk are read from there when a fold needs them.
 
     Returns:
         A FoldResult. Every rewrite is exact up to float rounding: the fold math runs in float64
@@ -76,19 +82,22 @@ def fold(
         model = load_model(model)
     before = model_stats(model)
     start = time.perf_counter()
+    original = model
+    if not in_place:  # folds write into the model as they go
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        model = copy
     with _gc_paused():
-        graphs = import_model(model)
+        graphs = import_model(model, None if base_dir is None else os.fspath(base_dir))
         rules = DEFAULT_RULES if rules is None else rules
         folds, refusals = [], []
         for scope in graphs.scopes:  # main graph first, then subgraphs, then functions
             outcome = run_rules(scope, rules)
             folds += outcome.folds
             refusals += outcome.refusals
-        folded = model
         if folds:
-            if not in_place:
-                folded = onnx.ModelProto()
-                folded.CopyFrom(model)
-            graphs.export(folded)
+            graphs.export()
+        else:
+            model = original  # nothing changed: the input itself comes back
     seconds = time.perf_counter() - start
-    return FoldResult(folded, folds, refusals, before, model_stats(folded), seconds)
+    return FoldResult(model, folds, refusals, before, model_stats(model), seconds)

@@ -60,6 +60,7 @@ class ModelState:
     overridable: set[str]
     names: set[str]
     node_names: set[str]
+    base_dir: str | None = None  # where tensors with external data are read from (a lazily read model)
     constants: dict[int, tuple[gs.Tensor, np.ndarray]] = field(default_factory=dict)
     owner: dict[int, FoldGraph] = field(default_factory=dict)  # node id -> the scope it belongs to
     #: Outputs of every scope: a subgraph's outputs may name outer tensors, which graphsurgeon does
@@ -80,7 +81,7 @@ class FoldGraph:
     """One scope (main graph, subgraph or function) with the queries and edits rules use."""
 
     def __init__(self, graph: gs.Graph, state: ModelState, scope: str, kind: str, path: tuple,
-                 initializers: set[str]):
+                 proto: onnx.GraphProto | onnx.FunctionProto):
         self.graph = graph
         self.state = state
         self.scope = scope  # "main", "<node>/<attribute>", "function <domain>.<name>"
@@ -88,7 +89,9 @@ class FoldGraph:
         self.path = path  # where the proto of this scope sits in the model, see ModelGraphs.locate
         self.opset = state.opset
         self.overridable = state.overridable if scope == "main" else set()
-        self._initializers = initializers  # names of this scope's own initializers
+        self.proto = proto  # this scope in the model being folded: new weights are written there at once
+        self._initializers = {t.name for t in proto.initializer} if kind == "graph" else set()  # this scope's own
+        self._initializer_index: dict[str, int] | None = None
         state.outputs.update(t.name for t in graph.outputs)
         self._input_names = {t.name for t in graph.inputs}
         self._order = list(graph.nodes)  # graphsurgeon imports nodes in proto order
@@ -97,7 +100,7 @@ class FoldGraph:
         self._touched: set[int] = set()
         self._attr_edits: dict[int, dict[str, Any]] = {}
         self._inserted: list[tuple[gs.Node | None, gs.Node]] = []  # (after this node or at the top, new node)
-        self._new_initializers: dict[str, gs.Constant] = {}  # values held as arrays until export
+        self._new_initializers: dict[str, tuple[np.dtype, tuple]] = {}  # name -> (dtype, shape)
 
     # -- queries -------------------------------------------------------------------------
     @staticmethod
@@ -134,7 +137,7 @@ class FoldGraph:
         if name in self.state.overridable:
             raise NoFold(f"'{name}' is an initializer also listed as a graph input, so callers may override it")
         if isinstance(tensor, gs.Constant):
-            return tensor_value(tensor)
+            return tensor_value(tensor, self.state.base_dir)
         node = self.producer(tensor)
         if node is None:
             if name in self._input_names:
@@ -160,10 +163,11 @@ class FoldGraph:
     def _constant(self, name: str, values: np.ndarray) -> gs.Tensor:
         values = np.asarray(values)
         if self.kind == "graph":
-            # Kept as an array until export writes it into the model: one copy of the new weights.
+            # Written into the model at once, so the array can go: one copy of the new weights.
             self._initializers.add(name)
             constant = gs.Constant(name, values)
-            self._new_initializers[name] = constant
+            _export_constant(self._initializer_proto(name), constant)
+            self._new_initializers[name] = (values.dtype, values.shape)
             return constant
         # Functions have no initializers: the value becomes a Constant node at the top of the body.
         tensor = gs.Variable(name, dtype=values.dtype, shape=list(values.shape))
@@ -172,6 +176,16 @@ class FoldGraph:
         self._insert(None, node)
         self.state.constants[id(tensor)] = (tensor, values)
         return tensor
+
+    def _initializer_proto(self, name: str) -> onnx.TensorProto:
+        """This scope's initializer ``name`` in the model (a new one at the end if there is none)."""
+        if self._initializer_index is None:
+            self._initializer_index = {t.name: i for i, t in enumerate(self.proto.initializer)}
+        index = self._initializer_index.get(name)
+        if index is None:
+            index = self._initializer_index[name] = len(self.proto.initializer)
+            self.proto.initializer.add()
+        return self.proto.initializer[index]
 
     def new_constant(self, base: str, values: np.ndarray) -> gs.Tensor:
         """A new constant tensor with a fresh name, stored exactly as ``values`` (dtype kept)."""
@@ -284,15 +298,10 @@ class FoldGraph:
         self._patch_node_list(proto)
         if self.kind == "function":
             return
-        new = self._new_initializers
-        shapes = {name: (c.dtype, c.shape) for name, c in new.items()}
-        dropped = self.state.dropped - set(new)
-        for tensor in proto.initializer:
-            if tensor.name in new:
-                _export_constant(tensor, new.pop(tensor.name))
+        shapes = self._new_initializers  # already written into the model (see _constant)
+        dropped = self.state.dropped - set(shapes)
         _delete_flagged(proto.initializer, [t.name in dropped for t in proto.initializer])
-        while new:
-            _export_constant(proto.initializer.add(), new.pop(next(iter(new))))
+        self._initializer_index = None
         gone = self.state.vanished | dropped
         _delete_flagged(proto.value_info, [v.name in gone for v in proto.value_info])
         if ir_version < 4 and self.scope == "main":  # IR 3: every initializer is also listed as an input
@@ -403,14 +412,15 @@ def _all_names(graph: onnx.GraphProto | onnx.FunctionProto, names: set[str], nod
 class ModelGraphs:
     """Every scope of a model, main graph first, each as a FoldGraph."""
 
-    def __init__(self, model: onnx.ModelProto):
+    def __init__(self, model: onnx.ModelProto, base_dir: str | None = None):
+        self.model = model  # edited: new weights go in at once, the rest at export
         names: set[str] = set()
         node_names: set[str] = set()
         _all_names(model.graph, names, node_names)
         for function in model.functions:
             _all_names(function, names, node_names)
         main = gs.import_onnx(model)
-        self.state = ModelState(int(main.opset), overridable_inputs(model), names, node_names)
+        self.state = ModelState(int(main.opset), overridable_inputs(model), names, node_names, base_dir)
         self.scopes: list[FoldGraph] = []
         self._add_graph(main, model.graph, "main", ())
         functions = {(f.domain, f.name): f for f in main.functions}
@@ -418,10 +428,10 @@ class ModelGraphs:
             gs_function = functions.get((proto.domain, proto.name))
             if gs_function is not None and len(gs_function.nodes) == len(proto.node):
                 self.scopes.append(FoldGraph(gs_function, self.state, f"function {proto.domain}.{proto.name}",
-                                             "function", ("function", k), set()))
+                                             "function", ("function", k), proto))
 
     def _add_graph(self, graph: gs.Graph, proto: onnx.GraphProto, scope: str, path: tuple) -> None:
-        self.scopes.append(FoldGraph(graph, self.state, scope, "graph", path, {t.name for t in proto.initializer}))
+        self.scopes.append(FoldGraph(graph, self.state, scope, "graph", path, proto))
         for i, (node, node_proto) in enumerate(zip(graph.nodes, proto.node)):
             for attr, k, sub_proto in _subgraphs(node_proto):
                 sub = node.attrs[attr] if k is None else node.attrs[attr][k]
@@ -444,8 +454,8 @@ class ModelGraphs:
             graph = proto.g if k is None else proto.graphs[k]
         return graph
 
-    def export(self, model: onnx.ModelProto) -> onnx.ModelProto:
-        """Write every scope's edits into ``model`` (the ModelProto imported, or a copy of it).
+    def export(self) -> onnx.ModelProto:
+        """Write every scope's edits into the model imported (new weights are in it already).
 
         Everything folding did not touch stays exactly as it was: ir_version, opset_import,
         producer, doc_string, metadata_props, node names, doc strings and attributes, the graph's
@@ -453,12 +463,13 @@ class ModelGraphs:
         """
         # Deepest scopes first: patching a subgraph must not shift the parent's node indices
         # that later paths go through.
+        model = self.model
         for scope in sorted(self.scopes, key=lambda s: -len(s.path) if s.path[:1] != ("function",) else 0):
             if scope.changed or self.state.dropped or self.state.vanished:
                 scope.patch(self.locate(model, scope.path), model.ir_version)
         return model
 
 
-def import_model(model: onnx.ModelProto) -> ModelGraphs:
-    """Import ``model`` for editing: one FoldGraph per scope."""
-    return ModelGraphs(model)
+def import_model(model: onnx.ModelProto, base_dir: str | None = None) -> ModelGraphs:
+    """Import ``model`` for editing: one FoldGraph per scope (external data read from ``base_dir``)."""
+    return ModelGraphs(model, base_dir)

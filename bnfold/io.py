@@ -9,18 +9,26 @@ at any point leaves no partial output and never touches an existing file.
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import onnx
+from onnx import numpy_helper
 
+from . import wire
 from .errors import BnfoldError
 
 #: Files larger than this are checked by the ONNX checker before they are read (see read_model).
 CHECK_FIRST_BYTES = 64 << 20
+
+#: With ``read_model(lazy=True)``, main-graph initializers of at least this many bytes stay on disk.
+LAZY_BYTES = 1024
 
 #: protobuf cannot serialize a message of 2 GiB or more.
 PROTOBUF_LIMIT = 2**31 - 1
@@ -36,18 +44,52 @@ def load_model(path: str | os.PathLike, check: bool = True) -> onnx.ModelProto:
     return read_model(path, check)[0]
 
 
-def read_model(path: str | os.PathLike, check: bool = True) -> tuple[onnx.ModelProto, list[Path]]:
-    """Like ``load_model``; also returns the external data files the model's tensors came from."""
+def read_model(path: str | os.PathLike, check: bool = True, lazy: bool = False) -> tuple[onnx.ModelProto, list[Path]]:
+    """Like ``load_model``; also returns the external data files the model's tensors came from.
+
+    With ``lazy``, the main graph's initializers stay on disk: those stored in the file itself
+    become external-data references to the file (see ``bnfold.wire``), those in side files are
+    not loaded. Memory then holds the model's structure only; ``external_array`` reads a tensor
+    when a fold needs it, and ``write_model(..., base_dir=path.parent)`` copies the bytes of the
+    others straight from their files. The model only makes sense beside ``path``'s folder.
+    """
     path = Path(path)
     if not path.exists():
         raise BnfoldError(f"{path}: no such file")
     if path.is_dir():
         raise BnfoldError(f"{path}: is a directory, not an ONNX model")
+    model = _read_skeleton(path) if lazy else None
+    skeleton = model is not None
     # The checker parses the file again in C++: for a big file do it before Python holds the
     # bytes, so the two parses never coexist (peak memory); small files get our clearer messages first.
-    check_first = check and path.stat().st_size > CHECK_FIRST_BYTES
+    check_first = check and not skeleton and path.stat().st_size > CHECK_FIRST_BYTES
     if check_first:
         _run_checker(path)
+    if model is None:
+        model = _parse(path)
+    if not model.graph.node and not model.graph.output:
+        raise BnfoldError(f"{path}: not an ONNX model (no graph)")
+    if model.ir_version <= 0 or not model.opset_import:
+        raise BnfoldError(f"{path}: not an ONNX model (no ir_version or opset_import)")
+    base = path.parent.resolve()
+    files = {_check_external(path, base, tensor) for tensor in external_tensors(model)}
+    if check and not check_first:  # before external data is loaded
+        if skeleton or (lazy and files):
+            _check_structure(path, model)
+        else:
+            _run_checker(path)
+    for tensor in external_tensors(model, main_initializers=not lazy):
+        try:
+            onnx.external_data_helper.load_external_data_for_tensor(tensor, str(base))
+        except Exception as exc:
+            raise BnfoldError(f"{path}: cannot load external data ({_one_line(exc)})") from None
+        tensor.data_location = onnx.TensorProto.DEFAULT
+        del tensor.external_data[:]
+    files.discard(path.resolve())
+    return model, sorted(files)
+
+
+def _parse(path: Path) -> onnx.ModelProto:
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -59,22 +101,25 @@ def read_model(path: str | os.PathLike, check: bool = True) -> tuple[onnx.ModelP
         model.ParseFromString(data)
     except Exception as exc:
         raise BnfoldError(f"{path}: not an ONNX model (protobuf parse failed: {_one_line(exc)})") from None
-    del data
-    if not model.graph.node and not model.graph.output:
-        raise BnfoldError(f"{path}: not an ONNX model (no graph)")
-    if model.ir_version <= 0 or not model.opset_import:
-        raise BnfoldError(f"{path}: not an ONNX model (no ir_version or opset_import)")
-    external = external_tensors(model)
-    base = path.parent.resolve()
-    files = sorted({_check_location(path, base, tensor) for tensor in external})
-    if check and not check_first:  # before external data is loaded
-        _run_checker(path)
-    if external:
-        try:
-            onnx.external_data_helper.load_external_data_for_model(model, str(base))
-        except Exception as exc:
-            raise BnfoldError(f"{path}: cannot load external data ({_one_line(exc)})") from None
-    return model, files
+    return model
+
+
+def _read_skeleton(path: Path) -> onnx.ModelProto | None:
+    """The model without its big initializers' bytes (see ``bnfold.wire``); None when the file
+    has none (or is not something the walker understands: the ordinary parse then says why)."""
+    try:
+        with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            data, turned = wire.skeleton(buf, path.name, LAZY_BYTES)
+    except (OSError, ValueError):  # empty file (mmap refuses), unreadable, not protobuf
+        return None
+    if not turned:
+        return None
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except Exception:
+        return None
+    return model
 
 
 def _run_checker(path: Path) -> None:
@@ -84,8 +129,90 @@ def _run_checker(path: Path) -> None:
         raise BnfoldError(f"{path}: invalid ONNX model ({_one_line(exc)})") from None
 
 
-def external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
-    """Tensors (initializers and Constant values, in every subgraph and function) stored in side files."""
+def _check_structure(path: Path, model: onnx.ModelProto) -> None:
+    """The ONNX checker on a model whose external data was not loaded.
+
+    The checker wants each external location to be a file beside the model, and does not read
+    it: it runs on a copy of the structure in a private folder with an empty file standing for
+    each location. ``_check_external`` already checked the real files and the sizes.
+    """
+    locations = {_location(t) for t in external_tensors(model)}
+    with tempfile.TemporaryDirectory(prefix="bnfold-check-") as tmp:
+        for location in locations:
+            stand_in = Path(tmp, location)
+            stand_in.parent.mkdir(parents=True, exist_ok=True)
+            stand_in.touch()
+        name = "model.onnx"
+        while name in locations:
+            name = "_" + name
+        structure = Path(tmp, name)
+        structure.write_bytes(model.SerializeToString())
+        try:
+            onnx.checker.check_model(str(structure))
+        except Exception as exc:
+            message = _one_line(exc).replace(str(structure), str(path)).replace(tmp + os.sep, "")
+            raise BnfoldError(f"{path}: invalid ONNX model ({message})") from None
+
+
+def external_array(tensor: onnx.TensorProto, base_dir: str | os.PathLike) -> np.ndarray:
+    """The values of a tensor whose data is external (checked by ``read_model``), read from disk."""
+    offset, length = _span(tensor)
+    if sys.byteorder == "little" and tensor.data_type not in _FOUR_BIT and tensor_nbytes(tensor) == length > 0:
+        # Plain fixed-size elements: the bytes are the array (one copy of the data, not three).
+        with open(Path(base_dir, _location(tensor)), "rb") as fh:
+            data = os.pread(fh.fileno(), length, offset)
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+        return np.frombuffer(data, dtype=dtype).reshape(tuple(tensor.dims))
+    copy = onnx.TensorProto()
+    copy.CopyFrom(tensor)  # no data in it: small
+    _load_data(copy, base_dir)
+    return numpy_helper.to_array(copy)
+
+
+def _load_data(tensor: onnx.TensorProto, base_dir) -> None:
+    """Read an external tensor's data into the tensor itself."""
+    offset, length = _span(tensor)
+    with open(Path(base_dir, _location(tensor)), "rb") as fh:
+        data = os.pread(fh.fileno(), length, offset) if length else b""
+    del tensor.external_data[:]
+    tensor.ClearField("data_location")
+    tensor.raw_data = data
+
+
+def tensor_nbytes(tensor: onnx.TensorProto) -> int | None:
+    """Bytes of the tensor's data, from its type and shape (None for strings and unknown types)."""
+    if tensor.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
+        return None
+    n = 1
+    for d in tensor.dims:
+        n *= d
+    if tensor.data_type in _FOUR_BIT:
+        return (n + 1) // 2
+    try:
+        return n * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
+_FOUR_BIT = {getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1") if hasattr(onnx.TensorProto, n)}
+
+
+def _location(tensor: onnx.TensorProto) -> str:
+    return next((e.value for e in tensor.external_data if e.key == "location"), "")
+
+
+def _span(tensor: onnx.TensorProto) -> tuple[int, int]:
+    """``(offset, length)`` of an external tensor's data; length -1 when not given."""
+    info = {e.key: e.value for e in tensor.external_data}
+    try:
+        return int(info.get("offset", 0)), int(info.get("length", -1))
+    except ValueError:
+        raise BnfoldError(f"tensor '{tensor.name}' has a malformed external data offset or length") from None
+
+
+def external_tensors(model: onnx.ModelProto, main_initializers: bool = True) -> list[onnx.TensorProto]:
+    """Tensors (initializers and Constant values, in every subgraph and function) stored in side files
+    (without the main graph's initializers if not ``main_initializers``)."""
     found: list[onnx.TensorProto] = []
 
     def visit(nodes, initializers=()) -> None:
@@ -97,10 +224,34 @@ def external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
                 for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
                     visit(sub.node, sub.initializer)
 
-    visit(model.graph.node, model.graph.initializer)
+    visit(model.graph.node, model.graph.initializer if main_initializers else ())
     for function in model.functions:
         visit(function.node)
     return found
+
+
+def _check_external(path: Path, base: Path, tensor: onnx.TensorProto) -> Path:
+    """The file holding ``tensor``'s data, checked: inside the model's folder, a regular file, and
+    holding as many bytes at the given offset as the tensor's type and shape need."""
+    target = _check_location(path, base, tensor)
+    if not target.is_file():
+        raise BnfoldError(f"{path}: tensor '{tensor.name}' has external data in '{_location(tensor)}', "
+                          "which is missing or not a regular file")
+    try:
+        offset, length = _span(tensor)
+    except BnfoldError as exc:
+        raise BnfoldError(f"{path}: {exc}") from None
+    expected = tensor_nbytes(tensor)
+    if length < 0 and expected is not None:
+        length = expected
+        entry = tensor.external_data.add()  # make it explicit: readers need no file size
+        entry.key, entry.value = "length", str(length)
+    if expected is not None and length != expected:
+        raise BnfoldError(f"{path}: tensor '{tensor.name}' has {length} bytes of external data; "
+                          f"its type and shape need {expected}")
+    if offset < 0 or offset + max(length, 0) > target.stat().st_size:
+        raise BnfoldError(f"{path}: tensor '{tensor.name}' has external data past the end of '{_location(tensor)}'")
+    return target
 
 
 def _check_location(path: Path, base: Path, tensor: onnx.TensorProto) -> Path:
@@ -148,68 +299,48 @@ def _mode_for(dest: Path) -> int:
         return 0o666 & ~umask
 
 
-def write_model(model: onnx.ModelProto, path: str | os.PathLike, external_data: bool = False) -> int:
+def write_model(model: onnx.ModelProto, path: str | os.PathLike, external_data: bool = False,
+                base_dir: str | os.PathLike | None = None) -> int:
     """Serialize ``model`` to ``path``, flushed to disk; returns the bytes written (side file included).
 
-    With ``external_data``, or when the model would exceed protobuf's 2 GB limit, tensors of 1 KiB
-    or more go to one side file ``<name>.data`` beside it (the model is changed to point at it).
+    With ``external_data``, or when the model would exceed protobuf's 2 GB limit, main-graph
+    initializers of 1 KiB or more go to one side file ``<name>.data`` beside it. ``base_dir`` is
+    the folder of the file a lazy model was read from (``read_model(lazy=True)``): initializers
+    still on disk are copied from there, a piece at a time.
     """
     path = Path(path)
-    if external_data or _weight_bytes(model) > PROTOBUF_LIMIT - (64 << 20):
-        data_name = f"{path.name}.data"
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data_name, size_threshold=1024)
-        files = [path, path.parent / data_name]
-        for f in files:
-            if f.exists():
-                _fsync(f)
-        return sum(f.stat().st_size for f in files if f.exists())
-    with open(path, "wb") as fh:
-        written = _write_streamed(model, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
+    to_side_file = external_data or _weight_bytes(model) > PROTOBUF_LIMIT - (64 << 20)
+    data_path = path.with_name(f"{path.name}.data")
+    with contextlib.ExitStack() as stack:
+        fh = stack.enter_context(open(path, "wb"))
+        data = stack.enter_context(open(data_path, "wb")) if to_side_file else None
+        written = _write_streamed(model, fh, base_dir, data)
+        for f in (fh, data):
+            if f is not None:
+                f.flush()
+                os.fsync(f.fileno())
+        if data is not None:
+            written += data.tell()
+    if to_side_file and data_path.stat().st_size == 0:
+        data_path.unlink()  # nothing was big enough to go there
     return written
 
 
 def _weight_bytes(model: onnx.ModelProto) -> int:
     """Bytes of the main graph's tensors, from their shapes (upb's ByteSize() serializes the whole
     model to count, which costs a copy of the weights)."""
-    def size(t: onnx.TensorProto) -> int:
-        if t.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
-            return 0
-        n = 1
-        for d in t.dims:
-            n *= d
-        return n * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
-    total = sum(size(t) for t in model.graph.initializer)
+    total = sum(tensor_nbytes(t) or 0 for t in model.graph.initializer)
     for node in model.graph.node:
-        total += sum(size(a.t) for a in node.attribute if a.type == onnx.AttributeProto.TENSOR)
+        total += sum(tensor_nbytes(a.t) or 0 for a in node.attribute if a.type == onnx.AttributeProto.TENSOR)
     return total
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    """One length-delimited field (wire type 2)."""
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
-_GRAPH = onnx.ModelProto.DESCRIPTOR.fields_by_name["graph"].number
-_INITIALIZER = onnx.GraphProto.DESCRIPTOR.fields_by_name["initializer"].number
-
-
-def _shell(message, skip: str):
-    """A new message of the same type with every field of ``message`` but ``skip`` (small fields only)."""
+def _shell(message, skip):
+    """A new message of the same type with every field of ``message`` but those named in ``skip``
+    (only the fields kept are copied)."""
     shell = type(message)()
     for descriptor, value in message.ListFields():
-        if descriptor.name == skip:
+        if descriptor.name in skip:
             continue
         target = getattr(shell, descriptor.name)
         repeated = descriptor.is_repeated if hasattr(descriptor, "is_repeated") else descriptor.label == 3
@@ -222,28 +353,96 @@ def _shell(message, skip: str):
     return shell
 
 
-def _write_streamed(model: onnx.ModelProto, fh) -> int:
+#: Side-file output: initializers with at least this many bytes of data go to the side file.
+SIDE_FILE_BYTES = 1024
+
+#: Bytes copied at a time from a source file.
+COPY_CHUNK = 16 << 20
+
+
+def _write_streamed(model: onnx.ModelProto, fh, base_dir=None, data=None) -> int:
     """Write ``model`` without ever holding its whole serialization: everything but the graph's
     initializers first, then one initializer at a time, each as another ``graph`` field.
 
     Protobuf parsers merge repeated occurrences of a message field and append repeated fields in
-    order, so the file parses to exactly ``model`` (re-serialized, it is byte-identical); peak
-    memory grows by the largest tensor instead of by the whole model.
+    order, so the file parses to ``model`` (for an eager model without a side file, re-serialized
+    it is byte-identical); peak memory grows by the largest tensor instead of the whole model.
+    Initializers whose data is external are copied from their files under ``base_dir``.
+    ``data``: an open side file for initializers of ``SIDE_FILE_BYTES`` or more.
     """
     try:
-        chunks = [_shell(model, "graph").SerializeToString()]
+        chunks = [_shell(model, ("graph",)).SerializeToString()]
         if model.HasField("graph"):
-            chunks.append(_field(_GRAPH, _shell(model.graph, "initializer").SerializeToString()))
-    except UnicodeDecodeError:  # a text field that is not UTF-8: copy it as bytes, all at once
+            chunks.append(wire.field(wire.GRAPH_FIELD, _shell(model.graph, ("initializer",)).SerializeToString()))
+    except UnicodeDecodeError:  # a text field that is not UTF-8: copy it as bytes, all at once (rare)
+        for tensor in model.graph.initializer:
+            if tensor.data_location == onnx.TensorProto.EXTERNAL and base_dir is not None:
+                _load_data(tensor, base_dir)
         return fh.write(model.SerializeToString())
     written = 0
     for chunk in chunks:
         written += fh.write(chunk)
     for tensor in model.graph.initializer:
-        written += fh.write(_field(_GRAPH, _field(_INITIALIZER, tensor.SerializeToString())))
+        written += _write_initializer(tensor, fh, base_dir, data)
     return written
 
 
-def _fsync(path: Path) -> None:
-    with open(path, "rb+") as fh:
-        os.fsync(fh.fileno())
+def _write_initializer(tensor: onnx.TensorProto, fh, base_dir, data) -> int:
+    external = tensor.data_location == onnx.TensorProto.EXTERNAL
+    if external and base_dir is None:
+        raise BnfoldError(f"tensor '{tensor.name}' has external data that was never loaded")
+    size = _span(tensor)[1] if external else len(tensor.raw_data) if tensor.HasField("raw_data") else -1
+    if data is not None and size >= SIDE_FILE_BYTES:
+        shell = _shell(tensor, ("raw_data", "external_data", "data_location"))
+        offset = data.tell()
+        _copy_data(tensor, base_dir, data)
+        for key, value in (("location", Path(data.name).name), ("offset", str(offset)), ("length", str(size))):
+            entry = shell.external_data.add()
+            entry.key, entry.value = key, value
+        shell.data_location = onnx.TensorProto.EXTERNAL
+        return _write_wrapped(fh, shell.SerializeToString())
+    if not external:
+        return _write_wrapped(fh, tensor.SerializeToString())
+    # Inline, with the bytes copied from the source file: TensorProto fields may come in any order.
+    body = _shell(tensor, ("raw_data", "external_data", "data_location")).SerializeToString()
+    raw_header = wire.header(wire.RAW_DATA_FIELD, size)
+    tensor_size = len(body) + len(raw_header) + size
+    initializer_header = wire.header(wire.INITIALIZER_FIELD, tensor_size)
+    written = fh.write(wire.header(wire.GRAPH_FIELD, len(initializer_header) + tensor_size)
+                       + initializer_header + body + raw_header)
+    return written + _copy_data(tensor, base_dir, fh)
+
+
+def _write_wrapped(fh, tensor: bytes) -> int:
+    """Write a serialized tensor as ``graph { initializer { tensor } }``, headers apart (no copy of it)."""
+    initializer_header = wire.header(wire.INITIALIZER_FIELD, len(tensor))
+    graph_header = wire.header(wire.GRAPH_FIELD, len(initializer_header) + len(tensor))
+    return fh.write(graph_header + initializer_header) + fh.write(tensor)
+
+
+def _copy_data(tensor: onnx.TensorProto, base_dir, out) -> int:
+    """Write the tensor's data bytes to ``out``: its raw_data, or a chunked copy from its external file."""
+    if tensor.data_location != onnx.TensorProto.EXTERNAL:
+        return out.write(tensor.raw_data)
+    offset, length = _span(tensor)
+    written = 0
+    buffer = memoryview(_copy_buffer(min(COPY_CHUNK, length)))
+    with open(Path(base_dir, _location(tensor)), "rb", buffering=0) as src:
+        src.seek(offset)
+        while written < length:
+            n = src.readinto(buffer[:min(len(buffer), length - written)])
+            if not n:
+                raise BnfoldError(f"tensor '{tensor.name}': its external data file ended early")
+            written += out.write(buffer[:n])
+    return written
+
+
+_buffer = bytearray()
+
+
+def _copy_buffer(size: int) -> bytearray:
+    """One reused buffer for copies (a fresh one per tensor costs a page fault per 4 KiB)."""
+    global _buffer
+    if len(_buffer) < size:
+        _buffer = bytearray(size)
+    return _buffer

@@ -108,7 +108,7 @@ def _optimize(src, dst, in_place, validate_output, input_shapes, atol, rtol, see
     src = Path(src)
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    model, data_files = read_model(src)
+    model, data_files = read_model(src, lazy=True)  # weights stay on disk until a fold reads them
     timings["load"] = time.perf_counter() - start
     if in_place and dst is not None and Path(dst).resolve() != src.resolve():
         raise BnfoldError("--in-place and an output path contradict each other; give one")
@@ -122,14 +122,15 @@ def _optimize(src, dst, in_place, validate_output, input_shapes, atol, rtol, see
         raise BnfoldError(f"{dst}: the output folder {dst.parent} does not exist")
     check_input_shapes(src, model, input_shapes or {})
     try:
-        result = fold(model, rules, in_place=True)
+        result = fold(model, rules, in_place=True, base_dir=src.parent)
     except UnicodeDecodeError:
         raise BnfoldError(f"{src}: invalid ONNX model (a text field is not valid UTF-8)") from None
     timings["fold"] = result.seconds
     report = Report(str(src), str(dst), result, None, False, sum(f.stat().st_size for f in [src, *data_files] if f.exists()))
     with staged_output(dst) as tmp:
         start = time.perf_counter()
-        report.output_bytes = write_model(result.model, tmp, external_data=external_data or bool(data_files))
+        report.output_bytes = write_model(result.model, tmp, external_data=external_data or bool(data_files),
+                                          base_dir=src.parent)
         timings["save"] = time.perf_counter() - start
         if validate_output and result.changed:
             start = time.perf_counter()
