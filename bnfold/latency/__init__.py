@@ -8,7 +8,7 @@
 
 # Defaults of the measuring protocol, here so the command line can show them without importing
 # onnx or numpy. Counts and the time budget apply per setting.
-RUNS = 100  #: most timed original/folded pairs
+RUNS = 1000  #: most timed original/folded pairs (enough for a p99 to mean something)
 TIME_BUDGET = 10.0  #: seconds of timed pairs, whichever of RUNS comes first
 MIN_PAIRS = 5  #: fewest timed pairs whatever the budget says (fewer make the interval meaningless)
 WARMUP = 5  #: untimed runs of each model first

@@ -7,6 +7,7 @@ without a display and leaves a caller's own matplotlib state alone.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -42,6 +43,7 @@ def plot_bench(result: BenchResult, path: str | os.PathLike) -> Path:
     require_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     figure = Figure(figsize=(11, 4.5), layout="constrained")
     FigureCanvasAgg(figure)
@@ -59,7 +61,11 @@ def plot_bench(result: BenchResult, path: str | os.PathLike) -> Path:
     for patch, colour in zip(boxes["boxes"], colours):
         patch.set_facecolor(colour)
         patch.set_alpha(0.6)
-    left.set_ylabel("latency per run (ms)")
+    left.set_yscale("log")  # a few slow outliers would otherwise flatten every box
+    # Plain numbers, not powers of ten; in-between ticks labelled as far as there is room.
+    left.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    left.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: _minor_label(v, left.get_ylim())))
+    left.set_ylabel("latency per run (ms, log scale)")
     left.set_title("Latency per run (box: quartiles, whiskers: p1–p99)", fontsize=10)
     left.grid(axis="y", alpha=0.3)
 
@@ -72,12 +78,20 @@ def plot_bench(result: BenchResult, path: str | os.PathLike) -> Path:
         right.annotate(f"{sp.ratio:.3f} [{sp.low:.3f}, {sp.high:.3f}]", (sp.high, y), xytext=(6, 0),
                        textcoords="offset points", va="center", fontsize=8)
     right.axvline(1.0, color="black", linewidth=0.8, linestyle="--")
+    right.set_xscale("log")  # a ratio and its inverse sit at equal distances from 1
+    lows = [min(sp.low, 1.0) for _, sp in rows] or [1.0]
+    highs = [max(sp.high, 1.0) for _, sp in rows] or [1.0]
+    span = max(max(highs), 1 / min(lows), 1.05)
+    lo, hi = 1 / span ** 1.15, span ** 1.6  # room on the right for the labels
+    right.set_xlim(lo, hi)
+    ticks = _ticks(lo, hi)
+    right.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    right.xaxis.set_minor_formatter(NullFormatter())
     right.set_yticks(range(len(rows)), [label for label, _ in rows])
     right.invert_yaxis()
-    right.margins(x=0.35)
     confidence = f"{rows[0][1].confidence:.0%}" if rows else "95%"
-    right.set_xlabel("speedup = median(original) / median(folded)")
-    right.set_title(f"Speedup with {confidence} bootstrap interval (> 1: folded faster)", fontsize=10)
+    right.set_xlabel("median(original) / median(folded), log scale")
+    right.set_title(f"Speedup, {confidence} interval (> 1: folded faster)", fontsize=10)
     right.grid(axis="x", alpha=0.3)
 
     folded = result.folded or "folded in memory"
@@ -86,3 +100,27 @@ def plot_bench(result: BenchResult, path: str | os.PathLike) -> Path:
     path = Path(path)
     figure.savefig(path, format="png", dpi=110)
     return path
+
+
+def _ticks(lo: float, hi: float) -> list[float]:
+    """Readable ticks for a log axis from ``lo`` to ``hi``: 1, then candidates outwards from it,
+    each far enough (in log distance) from the last one kept that the labels do not overlap."""
+    gap = (math.log(hi) - math.log(lo)) / 9
+    kept = [1.0]
+    for side in ((1.05, 1.1, 1.25, 1.5, 2, 3, 4, 6, 10, 20, 50, 100),
+                 (0.95, 0.9, 0.8, 0.67, 0.5, 0.33, 0.25, 0.17, 0.1, 0.05, 0.02, 0.01)):
+        last = 1.0
+        for t in side:
+            if lo <= t <= hi and abs(math.log(t) - math.log(last)) >= gap:
+                kept.append(t)
+                last = t
+    return sorted(kept)
+
+
+def _minor_label(value: float, limits: tuple[float, float]) -> str:
+    """Label for a minor tick of a log axis: all of them within a decade, 2 and 5 within three, else none."""
+    decades = math.log10(limits[1] / limits[0])
+    mantissa = round(value / 10 ** math.floor(math.log10(value) + 1e-9), 6)
+    if decades < 1 or (decades < 3 and mantissa in (2, 5)):
+        return f"{value:g}"
+    return ""
