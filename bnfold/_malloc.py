@@ -11,7 +11,6 @@ host process's allocator.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import sys
 
 _M_MMAP_THRESHOLD = -3  # mallopt parameter number in glibc's malloc.h
@@ -22,7 +21,6 @@ def return_freed_memory(threshold: int = 1 << 20) -> bool:
     if not sys.platform.startswith("linux"):
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, threshold))
+        return bool(ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, threshold))  # the process's own libc
     except (OSError, AttributeError):  # musl or another libc without mallopt
         return False

@@ -260,6 +260,8 @@ def _check_location(path: Path, base: Path, tensor: onnx.TensorProto) -> Path:
     if not location:
         raise BnfoldError(f"{path}: tensor '{tensor.name}' has external data without a location")
     target = (base / location).resolve()
+    if target == path.resolve() and location == path.name:
+        return target  # the model's own file (a lazily read model), even when the model is a symlink
     if os.path.isabs(location) or ".." in Path(location).parts or not target.is_relative_to(base):
         raise BnfoldError(
             f"{path}: tensor '{tensor.name}' has external data at '{location}', outside the model's folder; refused"

@@ -224,3 +224,17 @@ def test_lazy_round_trip_property(tmp_path_factory, tensors, side_file):
     out = tmp_path / "out.onnx"
     write_model(lazy, out, external_data=side_file, base_dir=tmp_path)
     assert loaded(out) == model
+
+
+def test_symlinked_model_in_another_folder(tmp_path):
+    store, work = tmp_path / "store", tmp_path / "work"
+    store.mkdir()
+    work.mkdir()
+    onnx.save(conv_bn_model(c_in=16, c_out=32, kernel=3), store / "real.onnx")
+    (work / "link.onnx").symlink_to(store / "real.onnx")
+    before = (store / "real.onnx").read_bytes()
+    result = run("optimize", work / "link.onnx", "-o", work / "out.onnx")
+    assert result.exit_code == 0, result.output
+    assert op_types(onnx.load(work / "out.onnx")) == ["Conv"]
+    assert_equivalent(onnx.load(store / "real.onnx"), onnx.load(work / "out.onnx"))
+    assert (store / "real.onnx").read_bytes() == before
