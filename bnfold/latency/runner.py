@@ -319,8 +319,8 @@ def _check_same_inputs(a_path: Path, a: onnx.ModelProto, b_path: Path, b: onnx.M
         return [(i.name, i.type.tensor_type.elem_type) for i in model.graph.input if i.name not in inits]
 
     if sorted(signature(a)) != sorted(signature(b)):
-        names = lambda m: ", ".join(n for n, _ in signature(m)) or "none"  # noqa: E731
-        raise BnfoldError(f"{b_path}: its inputs ({names(b)}) differ from those of {a_path} ({names(a)}); "
+        names_a, names_b = (", ".join(n for n, _ in signature(m)) or "none" for m in (a, b))
+        raise BnfoldError(f"{b_path}: its inputs ({names_b}) differ from those of {a_path} ({names_a}); "
                           "both models must take the same inputs")
 
 
