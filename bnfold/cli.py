@@ -362,11 +362,25 @@ class _InternalError(Exception):
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point.
+
+    The process ends without the interpreter's teardown: every file is written and closed (and
+    every staged folder removed) before ``cli.main`` returns, so all that is left is freeing the
+    model's objects one by one, 30-60 ms of a 0.4 s run for nothing.
+    """
     from ._malloc import return_freed_memory
 
     return_freed_memory()
-    cli.main()
+    try:
+        cli.main()
+    except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except OSError:  # a closed pipe (``| head``): nothing more can be said
+                pass
+        os._exit(code)
 
 
 if __name__ == "__main__":
