@@ -11,6 +11,8 @@ refuses casts that overflow or lose precision the unfolded graph did not lose.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .errors import NoFold
@@ -59,7 +61,9 @@ def _is_float(dtype: np.dtype) -> bool:
     return np.issubdtype(dtype, np.floating) or dtype.name == "bfloat16"
 
 
+@functools.lru_cache(maxsize=None)
 def _finfo(dtype: np.dtype):
+    """Limits of a float dtype (cached: numpy builds them anew each call, 10 us)."""
     if dtype.name == "bfloat16":
         import ml_dtypes
 
