@@ -368,9 +368,6 @@ def main() -> None:
     every staged folder removed) before ``cli.main`` returns, so all that is left is freeing the
     model's objects one by one, 30-60 ms of a 0.4 s run for nothing.
     """
-    from ._malloc import return_freed_memory
-
-    return_freed_memory()
     try:
         cli.main()
     except SystemExit as done:

@@ -71,6 +71,33 @@ def _finfo(dtype: np.dtype):
     return np.finfo(dtype)
 
 
+def scale_cast_checked(weight: np.ndarray, scale: np.ndarray, axis: int, what: str) -> np.ndarray:
+    """``cast_checked(scale_along_axis(weight, scale, axis), weight.dtype, what, original=weight)``
+    without the float64 array in between.
+
+    numpy multiplies in float64 and rounds each product into the weight's dtype as it goes: the
+    same values as the two-step form, a third of the memory traffic and no weight-sized float64
+    allocation. Any result that could be refused (non-finite, zero or subnormal) sends the whole
+    weight through the two-step form, which decides and words the refusal.
+    """
+    weight = np.asarray(weight)
+    if weight.dtype not in (np.float32, np.float16, np.float64):  # bfloat16 & co: no numpy loops
+        return cast_checked(scale_along_axis(weight, scale, axis), weight.dtype, what, original=weight)
+    shape = [1] * weight.ndim
+    shape[axis] = scale.size
+    out = np.empty(weight.shape, dtype=weight.dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        np.multiply(weight, np.asarray(scale, dtype=np.float64).reshape(shape), out=out, dtype=np.float64,
+                    casting="unsafe")
+    tiny = _finfo(weight.dtype).tiny
+    # max/min propagate NaN and see inf; the |x| < tiny test allocates bools only (a float |out|
+    # would be one more weight-sized array).
+    finite = out.size == 0 or bool(np.isfinite(out.max()) and np.isfinite(out.min()))
+    if not finite or np.logical_and(out > -tiny, out < tiny).any():
+        return cast_checked(scale_along_axis(weight, scale, axis), weight.dtype, what, original=weight)
+    return out
+
+
 def cast_checked(values: np.ndarray, dtype, what: str, original: np.ndarray | None = None) -> np.ndarray:
     """Cast float64 ``values`` to ``dtype`` once, refusing results that are not exact up to rounding.
 

@@ -10,6 +10,8 @@ onnxruntime on both models.
 
 from __future__ import annotations
 
+import re
+
 import ml_dtypes
 import numpy as np
 import pytest
@@ -19,7 +21,13 @@ from hypothesis.extra import numpy as hnp
 
 import bnfold
 from bnfold.errors import NoFold
-from bnfold.foldmath import bn_affine, cast_checked, fold_affine_into_linear
+from bnfold.foldmath import (
+    bn_affine,
+    cast_checked,
+    fold_affine_into_linear,
+    scale_along_axis,
+    scale_cast_checked,
+)
 from builders import conv_bn_model
 from conftest import assert_equivalent, op_types
 
@@ -231,3 +239,29 @@ def test_fold_is_equivalent_on_random_conv_bn_models(case):
     assert [r.reason for r in result.refusals] == []
     assert len(result.folds) == 1 and op_types(result.model) == ["Conv"]
     assert_equivalent(model, result.model)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from([np.float32, np.float16, np.float64]),
+    st.integers(1, 6), st.integers(1, 5), st.integers(0, 1),
+    st.floats(-30, 30), st.integers(0, 2**31 - 1),
+)
+def test_fused_scale_cast_equals_the_two_step_form(dtype, channels, other, axis, log2_spread, seed):
+    """scale_cast_checked: same values, same refusals as cast_checked(scale_along_axis(...))."""
+    rng = np.random.default_rng(seed)
+    shape = (channels, other) if axis == 0 else (other, channels)
+    spread = abs(log2_spread)
+    with np.errstate(over="ignore"):  # an infinite float16 weight is one of the cases
+        weight = (rng.standard_normal(shape) * 2.0 ** rng.uniform(-spread, spread, shape)).astype(dtype)
+    weight[rng.random(shape) < 0.1] = 0  # pruned weights take the careful path
+    scale = 2.0 ** rng.uniform(-spread, spread, channels)
+    try:
+        expected = cast_checked(scale_along_axis(weight, scale, axis), dtype, "w", original=weight)
+    except NoFold as exc:
+        with pytest.raises(NoFold, match=re.escape(exc.reason)):
+            scale_cast_checked(weight, scale, axis, "w")
+        return
+    got = scale_cast_checked(weight, scale, axis, "w")
+    assert got.dtype == expected.dtype
+    np.testing.assert_array_equal(got.view(np.uint8), expected.view(np.uint8))  # bit for bit

@@ -28,7 +28,7 @@ import onnx_graphsurgeon as gs
 
 from ..constants import ONNX_DOMAINS
 from ..errors import NoFold
-from ..foldmath import cast_checked, scale_along_axis
+from ..foldmath import cast_checked, scale_along_axis, scale_cast_checked
 from ..graph import FoldGraph
 from .base import describe
 
@@ -77,6 +77,17 @@ class LinearKind(ABC):
     @abstractmethod
     def scale_weight(self, linear: Linear, s: np.ndarray) -> np.ndarray:
         """``W`` with output channel ``c`` multiplied by ``s[c]``, in float64."""
+
+    def weight_axis(self, linear: Linear) -> int | None:
+        """The weight axis that holds the output channels, when scaling is along one axis (None: see scale_weight)."""
+        return None
+
+    def scaled_weight(self, linear: Linear, s: np.ndarray, what: str) -> np.ndarray:
+        """``scale_weight`` cast to the weight's dtype and checked (``foldmath.cast_checked``)."""
+        axis = self.weight_axis(linear)
+        if axis is None:
+            return cast_checked(self.scale_weight(linear, s), linear.weight.dtype, what, original=linear.weight)
+        return scale_cast_checked(linear.weight, s, axis, what)
 
     @abstractmethod
     def folded_bias(self, linear: Linear, s: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -127,6 +138,9 @@ class ConvKind(LinearKind):
     def channels(self, node: gs.Node, weight: np.ndarray) -> int:
         return weight.shape[0]
 
+    def weight_axis(self, linear: Linear) -> int | None:
+        return 0
+
     def scale_weight(self, linear: Linear, s: np.ndarray) -> np.ndarray:
         return scale_along_axis(linear.weight, s, 0)
 
@@ -140,6 +154,9 @@ class ConvKind(LinearKind):
 
 class ConvTransposeKind(ConvKind):
     op = "ConvTranspose"
+
+    def weight_axis(self, linear: Linear) -> int | None:
+        return None  # output channels are split between axes 0 and 1 by group: see scale_weight
 
     @staticmethod
     def _group(node: gs.Node) -> int:
@@ -168,8 +185,11 @@ class GemmKind(LinearKind):
         axis = 0 if int(node.attrs.get("transB", 0)) else 1
         return Linear(self, node, weight, bias, weight.shape[axis], 2, 1)
 
+    def weight_axis(self, linear: Linear) -> int | None:
+        return 0 if int(linear.node.attrs.get("transB", 0)) else 1
+
     def scale_weight(self, linear: Linear, s: np.ndarray) -> np.ndarray:
-        return scale_along_axis(linear.weight, s, 0 if int(linear.node.attrs.get("transB", 0)) else 1)
+        return scale_along_axis(linear.weight, s, self.weight_axis(linear))
 
     def folded_bias(self, linear: Linear, s: np.ndarray, t: np.ndarray) -> np.ndarray:
         if linear.bias is None:
@@ -199,6 +219,9 @@ class MatMulKind(LinearKind):
             raise NoFold(f"{describe(node)} weight has rank {weight.ndim}; only a 2-D weight [K, N] folds")
         a_rank = rank_of(node.inputs[0], graph)
         return Linear(self, node, weight, None, weight.shape[1], None if a_rank is None else max(a_rank, 2), -1)
+
+    def weight_axis(self, linear: Linear) -> int | None:
+        return 1
 
     def scale_weight(self, linear: Linear, s: np.ndarray) -> np.ndarray:
         return scale_along_axis(linear.weight, s, 1)
@@ -395,8 +418,7 @@ def fold_affine(linear: Linear, s: np.ndarray, t: np.ndarray) -> FoldedLinear:
     """Fold ``y -> s * y + t`` (float64, per channel) into ``linear``: new weight and bias, cast and checked."""
     if s.size != linear.channels:
         raise NoFold(f"{s.size} scale values for the {linear.channels} output channels of {describe(linear.node)}")
-    weight = cast_checked(linear.kind.scale_weight(linear, s), linear.weight.dtype,
-                          f"weight of {describe(linear.node)}", original=linear.weight)
+    weight = linear.kind.scaled_weight(linear, s, f"weight of {describe(linear.node)}")
     bias_dtype = linear.weight.dtype if linear.bias is None else linear.bias.dtype
     bias = cast_checked(linear.kind.folded_bias(linear, s, t), bias_dtype, f"bias of {describe(linear.node)}")
     return FoldedLinear(linear, weight, bias)
