@@ -24,6 +24,25 @@ def _change(before: int, after: int | None) -> str:
     return f"{(after - before) / before:+.1%}"
 
 
+#: Above this many rows a list is printed as plain lines: a rich table lays out every row first,
+#: which took 12 s for the 20,000 folds of a synthetic chain (the fold itself took 9 s).
+MAX_TABLE_ROWS = 200
+
+
+def _rows(console: Console, title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    """Every row: a table when it is short, one tab-separated line per row when it is long."""
+    if len(rows) <= MAX_TABLE_ROWS:
+        table = Table(title=title, title_justify="left")
+        for col in columns:
+            table.add_column(col, overflow="fold")
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+        return
+    console.print(f"{title}, one per line: {' | '.join(columns)}")
+    console.file.write("".join(f"  {' | '.join(row)}\n" for row in rows))
+
+
 def render(report: Report, console: Console) -> None:
     """Print folds, refusals, validation and before/after figures."""
     r = report.result
@@ -31,22 +50,14 @@ def render(report: Report, console: Console) -> None:
     console.print(f"[bold]bnfold optimize[/] {report.input} → {target}")
 
     if r.folds:
-        table = Table(title=f"Folded ({len(r.folds)})", title_justify="left")
-        for col in ("node", "into", "rule", "graph"):
-            table.add_column(col)
-        for f in r.folds:
-            table.add_row(f"{f.op} '{f.node}'", f"{f.into_op} '{f.into}'", f.rule, f.graph)
-        console.print(table)
+        _rows(console, f"Folded ({len(r.folds)})", ("node", "into", "rule", "graph"),
+              [(f"{f.op} '{f.node}'", f"{f.into_op} '{f.into}'", f.rule, f.graph) for f in r.folds])
     else:
         console.print("Folded: nothing")
 
     if r.refusals:
-        table = Table(title=f"Not folded ({len(r.refusals)})", title_justify="left")
-        for col in ("node", "rule", "reason"):
-            table.add_column(col, overflow="fold")
-        for x in r.refusals:
-            table.add_row(f"{x.op} '{x.node}'", x.rule, x.reason)
-        console.print(table)
+        _rows(console, f"Not folded ({len(r.refusals)})", ("node", "rule", "reason"),
+              [(f"{x.op} '{x.node}'", x.rule, x.reason) for x in r.refusals])
 
     v = report.validation
     if v is None:

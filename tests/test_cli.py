@@ -430,3 +430,36 @@ def test_console_script_end_to_end(tmp_path):
     onnx.checker.check_model(str(dst), full_check=True)
     assert bn_nodes(onnx.load(dst)) == []
     assert len(onnx.load(dst).graph.node) == len(onnx.load(src).graph.node) - 9
+
+
+def conv_bn_chain_model(n: int, c: int = 2) -> onnx.ModelProto:
+    """n pairs Conv 'conv{i}' -> BatchNormalization 'bn{i}', 1x1 kernels, c channels."""
+    rng = np.random.default_rng(0)
+    nodes, inits, x = [], [], "X"
+    for i in range(n):
+        inits.append(numpy_helper.from_array(rng.standard_normal((c, c, 1, 1)).astype(np.float32), f"w{i}"))
+        for k, v in zip("gbmv", (rng.uniform(0.5, 1.5, c), rng.standard_normal(c), rng.standard_normal(c),
+                                 rng.uniform(0.5, 2, c))):
+            inits.append(numpy_helper.from_array(v.astype(np.float32), f"{k}{i}"))
+        nodes.append(helper.make_node("Conv", [x, f"w{i}"], [f"c{i}"], name=f"conv{i}"))
+        nodes.append(helper.make_node("BatchNormalization", [f"c{i}", *(f"{k}{i}" for k in "gbmv")], [f"y{i}"],
+                                      name=f"bn{i}"))
+        x = f"y{i}"
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("X", 1, [1, c, 2, 2])],
+                              [helper.make_tensor_value_info(x, 1, [1, c, 2, 2])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_long_fold_lists_print_as_lines_not_a_table(tmp_path):
+    """Hundreds of folds: every fold still named, one plain line each (a rich table of 20,000 rows took 12 s)."""
+    from bnfold.report import MAX_TABLE_ROWS
+
+    n = MAX_TABLE_ROWS + 5
+    model = conv_bn_chain_model(n)
+    src = tmp_path / "chain.onnx"
+    onnx.save(model, src)
+    result = run("optimize", src, "--no-validate")
+    assert result.exit_code == 0, result.output
+    assert f"Folded ({n}), one per line" in result.stdout
+    lines = [line for line in result.stdout.splitlines() if line.startswith("  BatchNormalization '")]
+    assert len(lines) == n and lines[0] == "  BatchNormalization 'bn0' | Conv 'conv0' | conv-bn | main"
