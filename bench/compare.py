@@ -40,12 +40,9 @@ TOOLS_DIR = BENCH / "tools"
 sys.path.insert(0, str(BENCH))
 
 SCHEMA = 1
-TORCHVISION = (
-    "resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "densenet121",
-    "regnet_y_400mf", "shufflenet_v2_x1_0", "mnasnet1_0", "googlenet", "resnext50_32x4d",
-    "deeplabv3_mobilenet_v3_large",
-)
 CHAINS = (100, 1000, 5000, 20000)
+#: The exported torchvision models (bench/export_corpus.py), the last one with untrained BN statistics.
+from export_corpus import MODELS as TORCHVISION  # noqa: E402  (torch is imported only when exporting)
 #: The "model" every tool also runs on to show its fixed cost (imports, start-up): one Conv+BN pair.
 BASELINE = "chain_1"
 LATENCY_MODELS = ("resnet18", "resnet50", "mobilenet_v2", "efficientnet_b0")
@@ -306,6 +303,8 @@ def measure(model: Model, tool: Tool, args, work: Path, launcher: Launcher, log)
         record["status"], record["message"] = "failed", f"output unreadable: {' '.join(str(exc).split())[:300]}"
         return record
     record["errors"] = compare_outputs(model.path, dst, args.validate_timeout)
+    if model.pairs is not None:
+        record["errors"]["vs_float64"] = chain_float64_errors(model, dst)
     if tool.name == "bnfold":
         record["phases"] = bnfold_phases(model.path, out_dir / "bnfold.phases.onnx", args.timeout)
     if not args.keep_outputs and not (tool.name == "bnfold" and model.name in LATENCY_MODELS):
@@ -327,9 +326,39 @@ def compare_outputs(original: Path, output: Path, timeout: float) -> dict:
         "max_abs": max(o.max_abs for o in outs),
         "max_rel": max(o.max_rel for o in outs),
         "passed": result.passed,
+        "max_ref": max(o.max_ref for o in outs),
         "backend": result.backend,
         "outputs": len(outs),
     }
+
+
+_EXACT: dict[str, tuple] = {}
+
+
+def chain_float64_errors(model: Model, output: Path) -> dict:
+    """Max abs distance of ``output`` (run in float32) and of the float32 original from the chain's
+    exact float64 result, on one seeded input. Only chains have a cheap exact answer."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from make_chains import exact_output
+
+    def run(path: Path, x):
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        options.log_severity_level = 3
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+    try:
+        if model.name not in _EXACT:
+            x = np.random.default_rng(0).standard_normal((1, 8, 4, 4)).astype(np.float32)
+            exact = exact_output(onnx.load(str(model.path)), x)
+            _EXACT[model.name] = (x, exact, float(np.abs(run(model.path, x) - exact).max()))
+        x, exact, original = _EXACT[model.name]
+        return {"max_abs": float(np.abs(run(output, x) - exact).max()), "original_max_abs": original,
+                "peak": float(np.abs(exact).max())}
+    except Exception as exc:  # an output onnxruntime cannot run
+        return {"error": " ".join(str(exc).split())[:300]}
 
 
 def bnfold_phases(src: Path, dst: Path, timeout: float) -> dict | None:

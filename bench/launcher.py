@@ -13,6 +13,7 @@ one JSON result per line on stdout (see ``run_process``). Standard library only.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import signal
@@ -79,7 +80,7 @@ def run_process(cmd: list[str], timeout: float, log_dir: str) -> dict:
         busy = cpu_busy_seconds() - busy0
     proc.returncode = os.waitstatus_to_exitcode(status)
     child_cpu = usage.ru_utime + usage.ru_stime
-    others = max(0.0, (busy - child_cpu) / seconds) if seconds > 0 and busy == busy else None
+    others = max(0.0, (busy - child_cpu) / seconds) if seconds > 0 and not math.isnan(busy) else None
     return {"seconds": seconds, "peak_bytes": usage.ru_maxrss * 1024, "returncode": proc.returncode,
             "timed_out": timed_out.is_set(), "stderr_tail": last_error_line(err_path), "others_cores": others,
             "cpu_seconds": child_cpu}
