@@ -171,6 +171,9 @@ def method(data: dict) -> str:
         "`ORT_DISABLE_ALL` (so the runtime cannot fuse Conv+BN itself) in a child process, seeded random inputs "
         "(seed 0); max abs and max relative error (over elements with |original| > atol = 1e-4 for float32), the "
         "max over all outputs. ✗ marks an output beyond bnfold's float32 tolerance (1e-4 abs + 1e-3 rel).",
+        "- **Exact reference, any model** (not part of this run): `python bench/reference.py ORIGINAL OUTPUT...` "
+        "runs the original graph widened to float64 (onnx.reference, inference-mode BN) on the same seeded inputs "
+        "and prints each model's max absolute distance from it, the float32 original's own included.",
         f"- **Limits**: {s.get('timeout_s', 300):g} s per tool run (then `timeout`); on the chains a tool that timed "
         "out or failed at one N is not run on bigger N (`skipped`). Failures are reported with the last error line "
         "the tool printed.",
