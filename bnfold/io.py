@@ -156,24 +156,26 @@ def _check_structure(path: Path, model: onnx.ModelProto) -> None:
 
 def external_array(tensor: onnx.TensorProto, base_dir: str | os.PathLike) -> np.ndarray:
     """The values of a tensor whose data is external (checked by ``read_model``), read from disk."""
-    offset, length = _span(tensor)
-    if sys.byteorder == "little" and tensor.data_type not in _FOUR_BIT and tensor_nbytes(tensor) == length > 0:
+    if sys.byteorder == "little" and tensor.data_type not in _FOUR_BIT and tensor_nbytes(tensor) == _span(tensor)[1] > 0:
         # Plain fixed-size elements: the bytes are the array (one copy of the data, not three).
-        with open(Path(base_dir, _location(tensor)), "rb") as fh:
-            data = os.pread(fh.fileno(), length, offset)
         dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
-        return np.frombuffer(data, dtype=dtype).reshape(tuple(tensor.dims))
+        return np.frombuffer(_read_span(tensor, base_dir), dtype=dtype).reshape(tuple(tensor.dims))
     copy = onnx.TensorProto()
     copy.CopyFrom(tensor)  # no data in it: small
     _load_data(copy, base_dir)
     return numpy_helper.to_array(copy)
 
 
-def _load_data(tensor: onnx.TensorProto, base_dir) -> None:
-    """Read an external tensor's data into the tensor itself."""
+def _read_span(tensor: onnx.TensorProto, base_dir) -> bytes:
+    """An external tensor's data bytes, read from its file under ``base_dir``."""
     offset, length = _span(tensor)
     with open(Path(base_dir, _location(tensor)), "rb") as fh:
-        data = os.pread(fh.fileno(), length, offset) if length else b""
+        return os.pread(fh.fileno(), length, offset) if length else b""
+
+
+def _load_data(tensor: onnx.TensorProto, base_dir) -> None:
+    """Read an external tensor's data into the tensor itself."""
+    data = _read_span(tensor, base_dir)
     del tensor.external_data[:]
     tensor.ClearField("data_location")
     tensor.raw_data = data

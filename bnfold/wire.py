@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import onnx
 
-_GRAPH = onnx.ModelProto.DESCRIPTOR.fields_by_name["graph"].number
-_INITIALIZER = onnx.GraphProto.DESCRIPTOR.fields_by_name["initializer"].number
-_RAW_DATA = onnx.TensorProto.DESCRIPTOR.fields_by_name["raw_data"].number
+GRAPH_FIELD = onnx.ModelProto.DESCRIPTOR.fields_by_name["graph"].number
+INITIALIZER_FIELD = onnx.GraphProto.DESCRIPTOR.fields_by_name["initializer"].number
+RAW_DATA_FIELD = onnx.TensorProto.DESCRIPTOR.fields_by_name["raw_data"].number
 _EXTERNAL_DATA = onnx.TensorProto.DESCRIPTOR.fields_by_name["external_data"].number
 _DATA_LOCATION = onnx.TensorProto.DESCRIPTOR.fields_by_name["data_location"].number
 _KEY = onnx.StringStringEntryProto.DESCRIPTOR.fields_by_name["key"].number
 _VALUE = onnx.StringStringEntryProto.DESCRIPTOR.fields_by_name["value"].number
-
-GRAPH_FIELD, INITIALIZER_FIELD, RAW_DATA_FIELD = _GRAPH, _INITIALIZER, _RAW_DATA
 
 
 class WireError(ValueError):
@@ -103,7 +101,7 @@ def _tensor(buf, start: int, end: int, location: str, min_bytes: int) -> bytes |
     for number, wire_type, field_start, value_start, value_end in fields(buf, start, end):
         if number in (_EXTERNAL_DATA, _DATA_LOCATION):
             return None  # already external (or oddly built): leave it as it is
-        if number == _RAW_DATA and wire_type == 2:
+        if number == RAW_DATA_FIELD and wire_type == 2:
             raw = (field_start, value_start, value_end)
     if raw is None or raw[2] - raw[1] < min_bytes:
         return None
@@ -116,12 +114,12 @@ def _graph(buf, start: int, end: int, location: str, min_bytes: int) -> tuple[by
     out = bytearray()
     kept, count = start, 0  # bytes from ``kept`` up to the current field are copied unchanged
     for number, wire_type, field_start, value_start, value_end in fields(buf, start, end):
-        if number != _INITIALIZER or wire_type != 2 or value_end - value_start < min_bytes:
+        if number != INITIALIZER_FIELD or wire_type != 2 or value_end - value_start < min_bytes:
             continue
         tensor = _tensor(buf, value_start, value_end, location, min_bytes)
         if tensor is not None:
             out += buf[kept:field_start]
-            out += field(_INITIALIZER, tensor)
+            out += field(INITIALIZER_FIELD, tensor)
             kept, count = value_end, count + 1
     out += buf[kept:end]
     return bytes(out), count
@@ -137,12 +135,12 @@ def skeleton(buf, location: str, min_bytes: int) -> tuple[bytes, int]:
     out = bytearray()
     kept, count = 0, 0
     for number, wire_type, field_start, value_start, value_end in fields(buf, 0, len(buf)):
-        if number != _GRAPH or wire_type != 2:
+        if number != GRAPH_FIELD or wire_type != 2:
             continue
         graph, turned = _graph(buf, value_start, value_end, location, min_bytes)
         if turned:
             out += buf[kept:field_start]
-            out += field(_GRAPH, graph)
+            out += field(GRAPH_FIELD, graph)
             kept, count = value_end, count + turned
     out += buf[kept:len(buf)]
     return bytes(out), count
