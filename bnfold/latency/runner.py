@@ -230,18 +230,18 @@ def bench(
     options = (options or BenchOptions()).checked()
     input_shapes = input_shapes or {}
     with tempfile.TemporaryDirectory(prefix="bnfold-bench-") as workdir:
-        original_path, model, data_files, original_bytes = _materialize(original, workdir, "original.onnx")
+        original_path, model, data_files, original_bytes, base_dir = _materialize(original, workdir, "original.onnx")
         check_input_shapes(original_path, model, input_shapes)
         before = ModelFigures.of(model_stats(model), original_bytes)
         if folded is None:
             # A model we loaded ourselves may be folded in place; one the caller gave us may not.
-            result = fold(model, rules, in_place=not isinstance(original, onnx.ModelProto))
+            result = fold(model, rules, in_place=not isinstance(original, onnx.ModelProto), base_dir=base_dir)
             folded_path = Path(workdir) / "folded.onnx"
-            folded_bytes = write_model(result.model, folded_path, external_data=bool(data_files))
+            folded_bytes = write_model(result.model, folded_path, external_data=bool(data_files), base_dir=base_dir)
             after, folds, folded_label = ModelFigures.of(result.after, folded_bytes), len(result.folds), None
             del result
         else:
-            folded_path, other, _, folded_bytes = _materialize(folded, workdir, "folded.onnx")
+            folded_path, other, _, folded_bytes, _ = _materialize(folded, workdir, "folded.onnx")
             _check_same_inputs(original_path, model, folded_path, other)
             after, folds = ModelFigures.of(model_stats(other), folded_bytes), None
             folded_label = str(folded_path) if not isinstance(folded, onnx.ModelProto) else "<in-memory model>"
@@ -300,17 +300,18 @@ def run_bench(
     )
 
 
-def _materialize(model, workdir: str, name: str) -> tuple[Path, onnx.ModelProto, list[Path], int]:
+def _materialize(model, workdir: str, name: str) -> tuple[Path, onnx.ModelProto, list[Path], int, Path | None]:
     """A file for ``model`` (a path stays itself; a ModelProto is written to ``workdir``), the loaded
-    model, its external data files and its bytes on disk."""
+    model, its external data files, its bytes on disk, and the folder its weights are read from when
+    it was read lazily (a path: weights stay on disk, as in ``optimize``; None for a ModelProto)."""
     from ..io import read_model, write_model
 
     if isinstance(model, onnx.ModelProto):
         path = Path(workdir) / name
-        return path, model, [], write_model(model, path)
+        return path, model, [], write_model(model, path), None
     path = Path(model)
-    loaded, data_files = read_model(path)
-    return path, loaded, data_files, sum(f.stat().st_size for f in [path, *data_files] if f.exists())
+    loaded, data_files = read_model(path, lazy=True)
+    return path, loaded, data_files, sum(f.stat().st_size for f in [path, *data_files] if f.exists()), path.parent
 
 
 def _check_same_inputs(a_path: Path, a: onnx.ModelProto, b_path: Path, b: onnx.ModelProto) -> None:
