@@ -86,7 +86,7 @@ class FoldGraph:
         self.state = state
         self.scope = scope  # "main", "<node>/<attribute>", "function <domain>.<name>"
         self.kind = kind  # "graph" or "function"
-        self.path = path  # where the proto of this scope sits in the model, see ModelGraphs.locate
+        self.path = path  # where this scope sits in the model (its depth orders export)
         self.opset = state.opset
         self.overridable = state.overridable if scope == "main" else set()
         self.proto = proto  # this scope in the model being folded: new weights are written there at once
@@ -277,12 +277,13 @@ class FoldGraph:
         return bool(self._removed or self._touched or self._inserted or self._attr_edits or self._new_initializers)
 
     # -- export ----------------------------------------------------------------------------
-    def patch(self, proto: onnx.GraphProto | onnx.FunctionProto, ir_version: int) -> None:
-        """Apply the recorded edits to ``proto``, this scope's proto in the model being written.
+    def patch(self, ir_version: int) -> None:
+        """Apply the recorded edits to this scope's proto in the model being folded.
 
         Untouched nodes, initializers and value_info entries are left as they are, byte for byte.
         Deletions and insertions use one stable sort and one slice delete: O(n), no tensor copies.
         """
+        proto = self.proto
         if len(proto.node) != len(self._order):
             raise RuntimeError(f"{self.scope}: graph changed since import")
         for i, node in enumerate(self._order):
@@ -443,17 +444,6 @@ class ModelGraphs:
     def main(self) -> FoldGraph:
         return self.scopes[0]
 
-    @staticmethod
-    def locate(model: onnx.ModelProto, path: tuple):
-        """The GraphProto or FunctionProto at ``path`` inside ``model``."""
-        if path and path[0] == "function":
-            return model.functions[path[1]]
-        graph = model.graph
-        for index, attr, k in path:
-            (proto,) = [a for a in graph.node[index].attribute if a.name == attr]
-            graph = proto.g if k is None else proto.graphs[k]
-        return graph
-
     def export(self) -> onnx.ModelProto:
         """Write every scope's edits into the model imported (new weights are in it already).
 
@@ -461,12 +451,12 @@ class ModelGraphs:
         producer, doc_string, metadata_props, node names, doc strings and attributes, the graph's
         inputs (overridable initializer inputs included) and outputs.
         """
-        # Deepest scopes first: patching a subgraph must not shift the parent's node indices
-        # that later paths go through.
+        # Deepest scopes first: each scope holds its own proto, and a parent's patch reorders and
+        # deletes the nodes its subgraphs live in.
         model = self.model
         for scope in sorted(self.scopes, key=lambda s: -len(s.path) if s.path[:1] != ("function",) else 0):
             if scope.changed or self.state.dropped or self.state.vanished:
-                scope.patch(self.locate(model, scope.path), model.ir_version)
+                scope.patch(model.ir_version)
         return model
 
 
