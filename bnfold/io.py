@@ -72,10 +72,11 @@ def read_model(path: str | os.PathLike, check: bool = True, lazy: bool = False) 
     if model.ir_version <= 0 or not model.opset_import:
         raise BnfoldError(f"{path}: not an ONNX model (no ir_version or opset_import)")
     base = path.parent.resolve()
-    files = {_check_external(path, base, tensor) for tensor in external_tensors(model)}
+    external = external_tensors(model)
+    files = {_check_external(path, base, tensor) for tensor in external}
     if check and not check_first:  # before external data is loaded
         if skeleton or (lazy and files):
-            _check_structure(path, model)
+            _check_structure(path, model, {_location(t) for t in external})
         else:
             _run_checker(path)
     for tensor in external_tensors(model, main_initializers=not lazy):
@@ -129,14 +130,13 @@ def _run_checker(path: Path) -> None:
         raise BnfoldError(f"{path}: invalid ONNX model ({_one_line(exc)})") from None
 
 
-def _check_structure(path: Path, model: onnx.ModelProto) -> None:
+def _check_structure(path: Path, model: onnx.ModelProto, locations: set[str]) -> None:
     """The ONNX checker on a model whose external data was not loaded.
 
     The checker wants each external location to be a file beside the model, and does not read
     it: it runs on a copy of the structure in a private folder with an empty file standing for
     each location. ``_check_external`` already checked the real files and the sizes.
     """
-    locations = {_location(t) for t in external_tensors(model)}
     with tempfile.TemporaryDirectory(prefix="bnfold-check-") as tmp:
         for location in locations:
             stand_in = Path(tmp, location)
