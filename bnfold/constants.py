@@ -13,6 +13,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
+from .attributes import has_reference
 from .errors import NoFold
 
 #: How graphsurgeon spells the default ONNX operator domain.
@@ -41,6 +42,8 @@ def tensor_value(tensor: gs.Constant, base_dir: str | None = None) -> np.ndarray
     one it is not a usable constant.
     """
     lazy = tensor._values
+    if isinstance(lazy, gs.ir.tensor.SparseValues):
+        return sparse_to_dense(lazy.tensor)
     if isinstance(lazy, gs.ir.tensor.LazyValues) and isinstance(lazy.tensor, onnx.TensorProto):
         proto = lazy.tensor
         if proto.data_location == onnx.TensorProto.EXTERNAL:
@@ -53,14 +56,44 @@ def tensor_value(tensor: gs.Constant, base_dir: str | None = None) -> np.ndarray
     return np.asarray(tensor.values)
 
 
+def sparse_to_dense(sparse: onnx.SparseTensorProto) -> np.ndarray:
+    """The dense array of a SparseTensorProto, in its values' dtype (NoFold if malformed).
+
+    ``indices`` is either ``[NNZ]`` (positions in the flattened tensor) or ``[NNZ, rank]``
+    (coordinates), as the ONNX spec allows; missing positions are zero. (graphsurgeon's own
+    reader ignores raw_data and returns float64.)
+    """
+    name = sparse.values.name
+    values = numpy_helper.to_array(sparse.values).ravel()
+    indices = numpy_helper.to_array(sparse.indices).astype(np.int64)
+    shape = tuple(int(d) for d in sparse.dims)
+    size = int(np.prod(shape, dtype=np.int64))
+    if size > MAX_CONSTANT_ELEMENTS:
+        raise NoFold(f"sparse tensor '{name}' is too large to evaluate")
+    if indices.ndim == 2 and indices.shape == (values.size, len(shape)):
+        if np.any(indices < 0) or np.any(indices >= np.asarray(shape, dtype=np.int64)):
+            raise NoFold(f"sparse tensor '{name}' has indices out of range")
+        flat = np.ravel_multi_index(tuple(indices.T), shape) if values.size else indices[:, 0]
+    elif indices.ndim == 1 and indices.size == values.size:
+        flat = indices
+    else:
+        raise NoFold(f"sparse tensor '{name}' has indices of shape {list(indices.shape)} for {values.size} values")
+    if np.any(flat < 0) or np.any(flat >= size):
+        raise NoFold(f"sparse tensor '{name}' has indices out of range")
+    dense = np.zeros(size, dtype=values.dtype)
+    dense[flat] = values
+    return dense.reshape(shape)
+
+
 def _attr_value(attr: gs.Constant) -> np.ndarray:
     return tensor_value(attr)
 
 
 def _constant_node_value(node: gs.Node) -> np.ndarray:
     attrs = node.attrs
-    if "value" in attrs:
-        return _attr_value(attrs["value"])
+    for key in ("value", "sparse_value"):
+        if key in attrs and isinstance(attrs[key], gs.Constant):
+            return _attr_value(attrs[key])
     if "value_float" in attrs:
         return np.array(attrs["value_float"], dtype=np.float32)
     if "value_floats" in attrs:
@@ -90,6 +123,10 @@ def check_evaluable(node: gs.Node) -> None:
         raise NoFold(f"'{node.outputs[0].name}' comes from {_label(node)}a {node.domain}::{node.op} node, not a constant")
     if node.op not in FOLDABLE_CONSTANT_OPS:
         raise NoFold(f"'{node.outputs[0].name}' comes from {_label(node)}a {node.op} node, not a constant")
+    reference = has_reference(node)
+    if reference is not None:
+        raise NoFold(f"'{node.outputs[0].name}' comes from {_label(node)}a {node.op} node whose {reference} comes "
+                     "from the function's attribute, so its value is known only per call")
 
 
 def evaluate_node(node: gs.Node, inputs: list[np.ndarray | None], opset: int) -> list[np.ndarray]:

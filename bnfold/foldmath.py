@@ -71,6 +71,42 @@ def _finfo(dtype: np.dtype):
     return np.finfo(dtype)
 
 
+def holds(dest, data) -> bool:
+    """Whether float dtype ``dest`` represents every value of float dtype ``data`` exactly
+    (at least as many mantissa bits and as wide an exponent range)."""
+    dest, data = np.dtype(dest), np.dtype(data)
+    if not (_is_float(dest) and _is_float(data)):
+        return dest == data
+    a, b = _finfo(dest), _finfo(data)
+    return a.nmant >= b.nmant and a.maxexp >= b.maxexp and a.minexp <= b.minexp
+
+
+#: Parameter dtypes a fold may widen to, narrowest first.
+_WIDENINGS = ("float16", "bfloat16", "float32", "float64")
+
+
+def widened(stored, data) -> np.dtype:
+    """The dtype a folded parameter needs: ``stored`` when it is at least as precise as the data
+    path ``data`` it affects, else the narrowest float dtype that holds both (float16 and
+    bfloat16 widen to float32). Widening is exact: every stored value is kept."""
+    stored, data = np.dtype(stored), np.dtype(data)
+    if holds(stored, data):
+        return stored
+    for name in _WIDENINGS:
+        candidate = _float_dtype(name)
+        if holds(candidate, stored) and holds(candidate, data):
+            return candidate
+    return stored
+
+
+def _float_dtype(name: str) -> np.dtype:
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
 def scale_cast_checked(weight: np.ndarray, scale: np.ndarray, axis: int, what: str) -> np.ndarray:
     """``cast_checked(scale_along_axis(weight, scale, axis), weight.dtype, what, original=weight)``
     without the float64 array in between.

@@ -28,7 +28,7 @@ import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 from onnx_graphsurgeon.logger.logger import G_LOGGER
 
-from .constants import MAX_CONSTANT_ELEMENTS, check_evaluable, evaluate_node, tensor_value
+from .constants import MAX_CONSTANT_ELEMENTS, check_evaluable, evaluate_node, sparse_to_dense, tensor_value
 from .errors import NoFold
 
 G_LOGGER.severity = G_LOGGER.ERROR  # bnfold reports for itself; graphsurgeon's warnings are noise here
@@ -52,49 +52,80 @@ def overridable_inputs(model: onnx.ModelProto) -> set[str]:
     return {i.name for i in model.graph.input if i.name in inits}
 
 
-@dataclass
-class ModelState:
-    """What all scopes of one model share: names in use, evaluated constants, deletions."""
+class Names:
+    """Names in use (tensor or node names) and fresh ones derived from a base, O(1) amortized.
 
-    opset: int
-    overridable: set[str]
-    names: set[str]
-    node_names: set[str]
-    base_dir: str | None = None  # where tensors with external data are read from (a lazily read model)
-    constants: dict[int, tuple[gs.Tensor, np.ndarray]] = field(default_factory=dict)
-    owner: dict[int, FoldGraph] = field(default_factory=dict)  # node id -> the scope it belongs to
-    #: Outputs of every scope: a subgraph's outputs may name outer tensors, which graphsurgeon does
-    #: not list as consumers; treating all of them as outputs everywhere is the safe side.
+    Exporters repeat names (legal for nodes), so one base is asked for many times: the next
+    suffix to try is remembered per base instead of probing ``base_1, base_2, ...`` each time.
+    """
+
+    def __init__(self, taken: set[str]):
+        self.taken = taken
+        self._next: dict[str, int] = {}
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.taken
+
+    def fresh(self, base: str) -> str:
+        name = base
+        if name in self.taken:
+            k = self._next.get(base, 1)
+            while f"{base}_{k}" in self.taken:
+                k += 1
+            self._next[base] = k + 1
+            name = f"{base}_{k}"
+        self.taken.add(name)
+        return name
+
+
+@dataclass
+class Namespace:
+    """Tensor names that refer to the same tensors: the main graph with its subgraphs, or one
+    model-local function with its subgraphs (a function body has names of its own)."""
+
+    overridable: set[str] = field(default_factory=set)  # initializers callers may override (main graph only)
+    #: Outputs of every scope here: a subgraph's outputs may name outer tensors, which graphsurgeon
+    #: does not list as consumers; treating all of them as outputs everywhere is the safe side.
     outputs: set[str] = field(default_factory=set)
     dropped: set[str] = field(default_factory=set)  # initializers nothing reads any more
     vanished: set[str] = field(default_factory=set)  # tensor names that no longer exist
 
-    def fresh(self, base: str, taken: set[str]) -> str:
-        name, k = base, 1
-        while name in taken:
-            name, k = f"{base}_{k}", k + 1
-        taken.add(name)
-        return name
+
+@dataclass
+class ModelState:
+    """What all scopes of one model share: names in use, evaluated constants, node owners.
+
+    New names are fresh across the whole model (functions included), which is stricter than
+    needed and never wrong.
+    """
+
+    names: Names
+    node_names: Names
+    base_dir: str | None = None  # where tensors with external data are read from (a lazily read model)
+    constants: dict[int, tuple[gs.Tensor, np.ndarray]] = field(default_factory=dict)
+    owner: dict[int, FoldGraph] = field(default_factory=dict)  # node id -> the scope it belongs to
 
 
 class FoldGraph:
     """One scope (main graph, subgraph or function) with the queries and edits rules use."""
 
-    def __init__(self, graph: gs.Graph, state: ModelState, scope: str, kind: str, path: tuple,
-                 proto: onnx.GraphProto | onnx.FunctionProto):
+    def __init__(self, graph: gs.Graph, state: ModelState, ns: Namespace, opset: int, scope: str, kind: str,
+                 path: tuple, proto: onnx.GraphProto | onnx.FunctionProto):
         self.graph = graph
         self.state = state
-        self.scope = scope  # "main", "<node>/<attribute>", "function <domain>.<name>"
+        self.ns = ns  # the names this scope shares with its enclosing and enclosed graphs
+        self.opset = opset  # of the default domain, where this scope's ops are defined
+        self.scope = scope  # "main", "<node>/<attribute>", "function <domain>.<name>[:<overload>]"
         self.kind = kind  # "graph" or "function"
         self.path = path  # where this scope sits in the model (its depth orders export)
-        self.opset = state.opset
-        self.overridable = state.overridable if scope == "main" else set()
         self.proto = proto  # this scope in the model being folded: new weights are written there at once
-        self._initializers = {t.name for t in proto.initializer} if kind == "graph" else set()  # this scope's own
+        # This scope's own dense initializers (a sparse one is never rewritten under its name).
+        self._initializers = {t.name for t in proto.initializer} if kind == "graph" else set()
         self._initializer_index: dict[str, int] | None = None
-        state.outputs.update(t.name for t in graph.outputs)
+        ns.outputs.update(t.name for t in graph.outputs)
         self._input_names = {t.name for t in graph.inputs}
         self._order = list(graph.nodes)  # graphsurgeon imports nodes in proto order
+        self._positions: dict[int, int] | None = None  # node id -> index in proto.node, when needed
         state.owner.update((id(n), self) for n in self._order)
         self._removed: set[int] = set()
         self._touched: set[int] = set()
@@ -113,7 +144,7 @@ class FoldGraph:
 
     def is_graph_output(self, tensor: gs.Tensor) -> bool:
         """Whether ``tensor`` is an output of this graph (or of any scope: see ModelState.outputs)."""
-        return tensor.name in self.state.outputs
+        return tensor.name in self.ns.outputs
 
     def is_used(self, tensor: gs.Tensor) -> bool:
         """Whether anything reads ``tensor``: a node (in any scope) or this scope's outputs."""
@@ -121,6 +152,10 @@ class FoldGraph:
 
     def is_removed(self, node: gs.Node) -> bool:
         return id(node) in self._removed
+
+    def owns(self, node: gs.Node) -> bool:
+        """Whether ``node`` belongs to this scope (not to an enclosing or enclosed graph)."""
+        return self.state.owner.get(id(node)) is self
 
     def constant(self, tensor: gs.Tensor, depth: int = 0) -> np.ndarray:
         """The value of ``tensor`` if it is a constant here; NoFold says why not."""
@@ -134,7 +169,7 @@ class FoldGraph:
 
     def _resolve(self, tensor: gs.Tensor, depth: int) -> np.ndarray:
         name = tensor.name
-        if name in self.state.overridable:
+        if name in self.ns.overridable:
             raise NoFold(f"'{name}' is an initializer also listed as a graph input, so callers may override it")
         if isinstance(tensor, gs.Constant):
             return tensor_value(tensor, self.state.base_dir)
@@ -147,18 +182,32 @@ class FoldGraph:
         if depth >= MAX_CONSTANT_DEPTH:
             raise NoFold(f"'{name}' comes from a constant subgraph deeper than {MAX_CONSTANT_DEPTH} nodes")
         check_evaluable(node)  # before walking further up: activations are refused at once
+        if node.op == "Constant" and not node.attrs:  # graphsurgeon drops a sparse_value attribute
+            return self._sparse_constant(node)
         inputs = [None if not t.name else self.constant(t, depth + 1) for t in node.inputs]
         if any(v is not None and v.size > MAX_CONSTANT_ELEMENTS for v in inputs):
             raise NoFold(f"'{name}' is computed from a tensor too large to evaluate")
         outputs = evaluate_node(node, inputs, self.opset)
         return np.asarray(outputs[node.outputs.index(tensor)])
 
+    def _sparse_constant(self, node: gs.Node) -> np.ndarray:
+        """The value of a Constant node holding ``sparse_value``, read from its NodeProto."""
+        owner = self.state.owner[id(node)]
+        if owner._positions is None:
+            owner._positions = {id(n): i for i, n in enumerate(owner._order)}
+        index = owner._positions.get(id(node))
+        attrs = [] if index is None else owner.proto.node[index].attribute
+        sparse = next((a.sparse_tensor for a in attrs if a.name == "sparse_value" and not a.ref_attr_name), None)
+        if sparse is None:
+            raise NoFold(f"Constant node {node.name!r} holds a value bnfold does not read")
+        return sparse_to_dense(sparse)
+
     # -- edits ---------------------------------------------------------------------------
     # Rules edit the graphsurgeon graph through these methods, which also record each edit so
     # that export can patch the ModelProto instead of regenerating it.
     def fresh_name(self, base: str) -> str:
         """A tensor name not used anywhere in the model, derived from ``base``."""
-        return self.state.fresh(base, self.state.names)
+        return self.state.names.fresh(base)
 
     def _constant(self, name: str, values: np.ndarray) -> gs.Tensor:
         values = np.asarray(values)
@@ -171,7 +220,7 @@ class FoldGraph:
             return constant
         # Functions have no initializers: the value becomes a Constant node at the top of the body.
         tensor = gs.Variable(name, dtype=values.dtype, shape=list(values.shape))
-        node = gs.Node("Constant", self.state.fresh(f"{name}_constant", self.state.node_names),
+        node = gs.Node("Constant", self.state.node_names.fresh(f"{name}_constant"),
                        attrs={"value": gs.Constant(name, values)}, outputs=[tensor])
         self._insert(None, node)
         self.state.constants[id(tensor)] = (tensor, values)
@@ -195,22 +244,26 @@ class FoldGraph:
         """A constant to replace ``old`` as an input of exactly one node.
 
         Reuses ``old``'s name only when ``old`` is a plain initializer of this scope that one node
-        alone reads; otherwise (shared, produced by a node, a graph output, from an outer scope)
-        a fresh name, so every other user keeps the original values.
+        alone reads and ``values`` has its dtype and shape; otherwise (shared, produced by a node, a
+        graph output, from an outer scope, or a new dtype or shape that a graph input of IR 3 or a
+        value_info entry may still declare) a fresh name, so every other user keeps the original
+        values and every declaration of the old name stays true.
         """
+        values = np.asarray(values)
         private = (
             isinstance(old, gs.Constant)
             and old.name in self._initializers
             and len(old.outputs) == 1
             and not self.is_graph_output(old)
-            and old.name not in self.state.overridable
+            and old.name not in self.ns.overridable
+            and _stored_type(old) == (onnx.helper.np_dtype_to_tensor_dtype(values.dtype), values.shape)
         )
         return self._constant(old.name, values) if private else self.new_constant(base, values)
 
     def add_node(self, op: str, inputs: list[gs.Tensor], outputs: list[gs.Tensor], *, after: gs.Node,
                  name: str, attrs: dict[str, Any] | None = None) -> gs.Node:
         """Insert a new node right after ``after`` (its name made unique from ``name``)."""
-        node = gs.Node(op, self.state.fresh(name, self.state.node_names), attrs=dict(attrs or {}),
+        node = gs.Node(op, self.state.node_names.fresh(name), attrs=dict(attrs or {}),
                        inputs=list(inputs), outputs=list(outputs))
         self._insert(after, node)
         return node
@@ -227,8 +280,7 @@ class FoldGraph:
 
     def _detach(self, node: gs.Node) -> list[gs.Tensor]:
         inputs = [t for t in node.inputs if t.name]
-        if self.kind == "graph":  # function bodies have their own namespace and no value_info
-            self.state.vanished.update(t.name for t in node.outputs if t.name)
+        self.ns.vanished.update(t.name for t in node.outputs if t.name)
         node.inputs.clear()
         node.outputs.clear()
         self._removed.add(id(node))
@@ -247,7 +299,7 @@ class FoldGraph:
             if self.is_used(t):
                 continue
             if isinstance(t, gs.Constant):
-                self.state.dropped.add(t.name)
+                self.ns.dropped.add(t.name)
                 continue
             node = self.producer(t)
             if node is None or any(self.is_used(o) for o in node.outputs):
@@ -270,7 +322,7 @@ class FoldGraph:
         node.outputs[index] = tensor
         self._touched.add(id(node))
         if old.name and old is not tensor:
-            self.state.vanished.add(old.name)
+            self.ns.vanished.add(old.name)
 
     @property
     def changed(self) -> bool:
@@ -297,13 +349,15 @@ class FoldGraph:
             for name, value in self._attr_edits.get(id(node), {}).items():
                 _set_attribute(proto.node[i], name, value)
         self._patch_node_list(proto)
-        if self.kind == "function":
-            return
         shapes = self._new_initializers  # already written into the model (see _constant)
-        dropped = self.state.dropped - set(shapes)
+        dropped = self.ns.dropped - set(shapes)
+        gone = self.ns.vanished | dropped
+        if self.kind == "function":  # no initializers; value_info since IR 10
+            _delete_flagged(proto.value_info, [v.name in gone for v in proto.value_info])
+            return
         _delete_flagged(proto.initializer, [t.name in dropped for t in proto.initializer])
+        _delete_flagged(proto.sparse_initializer, [t.values.name in dropped for t in proto.sparse_initializer])
         self._initializer_index = None
-        gone = self.state.vanished | dropped
         _delete_flagged(proto.value_info, [v.name in gone for v in proto.value_info])
         if ir_version < 4 and self.scope == "main":  # IR 3: every initializer is also listed as an input
             _delete_flagged(proto.input, [v.name in dropped for v in proto.input])
@@ -347,6 +401,15 @@ def _export_constant(tensor: onnx.TensorProto, constant: gs.Constant) -> None:
     constant._values = gs.ir.tensor.LazyValues(tensor)
 
 
+def _stored_type(constant: gs.Constant) -> tuple[int, tuple[int, ...]]:
+    """The ONNX element type and shape ``constant`` is stored with (without reading its values)."""
+    lazy = constant._values
+    if isinstance(lazy, gs.ir.tensor.LazyValues) and isinstance(lazy.tensor, onnx.TensorProto):
+        return lazy.tensor.data_type, tuple(lazy.tensor.dims)
+    values = np.asarray(constant.values)
+    return onnx.helper.np_dtype_to_tensor_dtype(values.dtype), values.shape
+
+
 def _attribute_value(value: Any) -> Any:
     if isinstance(value, gs.Constant):
         return numpy_helper.from_array(tensor_value(value), value.name)
@@ -383,13 +446,21 @@ def _delete_flagged(repeated, flags: list[bool]) -> None:
 
 
 def _subgraphs(node: onnx.NodeProto):
-    """(attribute name, index or None, GraphProto) for each graph-valued attribute of ``node``."""
+    """(attribute name, index or None, GraphProto) for each graph-valued attribute of ``node``
+    (an attribute reference of a function body holds no graph)."""
     for attr in node.attribute:
+        if attr.ref_attr_name:
+            continue
         if attr.type == onnx.AttributeProto.GRAPH:
             yield attr.name, None, attr.g
         elif attr.type == onnx.AttributeProto.GRAPHS:
             for k, g in enumerate(attr.graphs):
                 yield attr.name, k, g
+
+
+def _default_opset(opset_import) -> int | None:
+    """The version of the default ONNX domain in ``opset_import``, if it is there."""
+    return next((int(o.version) for o in opset_import if o.domain in ("", "ai.onnx")), None)
 
 
 def _all_names(graph: onnx.GraphProto | onnx.FunctionProto, names: set[str], node_names: set[str]) -> None:
@@ -421,24 +492,32 @@ class ModelGraphs:
         for function in model.functions:
             _all_names(function, names, node_names)
         main = gs.import_onnx(model)
-        self.state = ModelState(int(main.opset), overridable_inputs(model), names, node_names, base_dir)
+        self.state = ModelState(Names(names), Names(node_names), base_dir)
         self.scopes: list[FoldGraph] = []
-        self._add_graph(main, model.graph, "main", ())
-        functions = {(f.domain, f.name): f for f in main.functions}
-        for k, proto in enumerate(model.functions):
-            gs_function = functions.get((proto.domain, proto.name))
-            if gs_function is not None and len(gs_function.nodes) == len(proto.node):
-                self.scopes.append(FoldGraph(gs_function, self.state, f"function {proto.domain}.{proto.name}",
-                                             "function", ("function", k), proto))
+        opset = int(main.opset)
+        self._add_scope(main, model.graph, Namespace(overridable_inputs(model)), opset, "main", "graph", ())
+        # graphsurgeon imports functions in the model's order; they are matched by position, since
+        # IR-10 overloads share a domain and a name.
+        if len(main.functions) != len(model.functions):
+            raise RuntimeError("graphsurgeon did not import every function")
+        for k, (gs_function, proto) in enumerate(zip(main.functions, model.functions)):
+            if len(gs_function.nodes) != len(proto.node):
+                raise RuntimeError(f"graphsurgeon imported function {proto.name} with other nodes")
+            label = f"function {proto.domain}.{proto.name}" + (f":{proto.overload}" if proto.overload else "")
+            own = _default_opset(proto.opset_import)
+            self._add_scope(gs_function, proto, Namespace(), opset if own is None else own, label, "function",
+                            ("function", k))
 
-    def _add_graph(self, graph: gs.Graph, proto: onnx.GraphProto, scope: str, path: tuple) -> None:
-        self.scopes.append(FoldGraph(graph, self.state, scope, "graph", path, proto))
+    def _add_scope(self, graph: gs.Graph, proto, ns: Namespace, opset: int, scope: str, kind: str,
+                   path: tuple) -> None:
+        """``graph`` and, recursively, the If/Loop/Scan bodies of its nodes, as scopes."""
+        self.scopes.append(FoldGraph(graph, self.state, ns, opset, scope, kind, path, proto))
         for i, (node, node_proto) in enumerate(zip(graph.nodes, proto.node)):
             for attr, k, sub_proto in _subgraphs(node_proto):
                 sub = node.attrs[attr] if k is None else node.attrs[attr][k]
                 label = f"{node.name or node.op}/{attr}" + ("" if k is None else f"[{k}]")
                 inner = label if scope == "main" else f"{scope}/{label}"
-                self._add_graph(sub, sub_proto, inner, path + ((i, attr, k),))
+                self._add_scope(sub, sub_proto, ns, opset, inner, "graph", path + ((i, attr, k),))
 
     @property
     def main(self) -> FoldGraph:
@@ -454,8 +533,8 @@ class ModelGraphs:
         # Deepest scopes first: each scope holds its own proto, and a parent's patch reorders and
         # deletes the nodes its subgraphs live in.
         model = self.model
-        for scope in sorted(self.scopes, key=lambda s: -len(s.path) if s.path[:1] != ("function",) else 0):
-            if scope.changed or self.state.dropped or self.state.vanished:
+        for scope in sorted(self.scopes, key=lambda s: -len(s.path)):
+            if scope.changed or scope.ns.dropped or scope.ns.vanished:
                 scope.patch(model.ir_version)
         return model
 

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from ..attributes import int_attr
 from ..constants import ONNX_DOMAINS
 from ..errors import NoFold
 from ..graph import FoldGraph
@@ -117,7 +118,7 @@ def read_operand(element: Elementwise, graph: FoldGraph, dtype, rank: int | None
     expected = _numpy_dtype(dtype)
     if expected is not None and value.dtype != expected:
         raise NoFold(f"its operand '{tensor.name}' has dtype {value.dtype.name}, the output {expected.name}")
-    if graph.opset < 7 and int(node.attrs.get("broadcast", 0)):
+    if graph.opset < 7 and int_attr(node, "broadcast", 0):
         raise NoFold("it uses legacy broadcasting (broadcast=1, opset < 7), which bnfold does not fold")
     vector = per_channel(value, channels, rank, channel_axis, f"its operand '{tensor.name}'")
     if not np.all(np.isfinite(vector)):

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from ..attributes import float_attr, int_attr
 from ..errors import NoFold
 from ..foldmath import bn_affine
 from ..constants import ONNX_DOMAINS
@@ -33,11 +34,11 @@ def check_inference_only(bn: gs.Node, graph: FoldGraph) -> None:
     """Refuse BN nodes that do not compute a fixed affine map at inference (structure and attributes)."""
     if bn.domain not in ONNX_DOMAINS:
         raise NoFold(f"BatchNormalization in domain '{bn.domain}' is not the ONNX operator")
-    if int(bn.attrs.get("training_mode", 0)) == 1:
+    if int_attr(bn, "training_mode", 0) == 1:
         raise NoFold("training_mode=1: it normalizes with batch statistics, not an inference op")
-    if graph.opset < 7 and int(bn.attrs.get("is_test", 0)) == 0:
+    if graph.opset < 7 and int_attr(bn, "is_test", 0) == 0:
         raise NoFold("is_test=0 (opset < 7): it normalizes with batch statistics, not an inference op")
-    if int(bn.attrs.get("spatial", 1)) == 0:
+    if int_attr(bn, "spatial", 1) == 0:
         raise NoFold("spatial=0: statistics are per activation, not per channel")
     if len(bn.inputs) < 5 or any(not t.name for t in bn.inputs[:5]):
         raise NoFold("it does not have its five inputs")
@@ -61,5 +62,5 @@ def read_affine(bn: gs.Node, graph: FoldGraph, channels: int) -> BatchNormAffine
         if value.shape != (channels,):
             raise NoFold(f"its {label} '{tensor.name}' has shape {list(value.shape)}, expected [{channels}]")
         values.append(value)
-    s, t = bn_affine(*values, float(bn.attrs.get("epsilon", 1e-5)))
+    s, t = bn_affine(*values, float_attr(bn, "epsilon", 1e-5))
     return BatchNormAffine(bn, s, t)

@@ -38,6 +38,7 @@ from typing import ClassVar
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from ..attributes import float_attr, int_attr, ints_attr, str_attr
 from ..constants import ONNX_DOMAINS
 from ..errors import NoFold
 from ..foldmath import (
@@ -49,7 +50,7 @@ from ..foldmath import (
 from ..graph import FoldGraph
 from .base import Fold, Rule, describe
 from .batchnorm import check_inference_only, read_affine
-from .linear import KINDS, FoldedLinear, Linear, per_channel, rank_of, with_bias_add
+from .linear import KINDS, FoldedLinear, Linear, keep_bias_layout, matmul_bias_vector, rank_of, with_bias_add
 
 
 class InputSide(ABC):
@@ -81,17 +82,16 @@ class ConvInput(InputSide):
 
     @staticmethod
     def group(node: gs.Node) -> int:
-        return int(node.attrs.get("group", 1))
+        return int_attr(node, "group", 1)
 
     @staticmethod
     def auto_pad(node: gs.Node) -> str:
-        value = node.attrs.get("auto_pad", "NOTSET")
-        return value.decode() if isinstance(value, bytes) else str(value)
+        return str_attr(node, "auto_pad", "NOTSET")
 
     def check_structure(self, node: gs.Node, graph: FoldGraph) -> None:
         auto_pad = self.auto_pad(node)
         if auto_pad in ("NOTSET", "VALID"):
-            pads = [int(p) for p in node.attrs.get("pads", [])] if auto_pad == "NOTSET" else []
+            pads = ints_attr(node, "pads") if auto_pad == "NOTSET" else []
             if any(pads):
                 raise NoFold(
                     f"padding {pads} on {describe(node)} makes a preceding BN unfoldable: the padded border "
@@ -130,10 +130,10 @@ class GemmInput(InputSide):
 
     @staticmethod
     def trans_b(node: gs.Node) -> bool:
-        return bool(int(node.attrs.get("transB", 0)))
+        return bool(int_attr(node, "transB", 0))
 
     def check_structure(self, node: gs.Node, graph: FoldGraph) -> None:
-        if int(node.attrs.get("transA", 0)):
+        if int_attr(node, "transA", 0):
             raise NoFold(
                 f"{describe(node)} has transA=1: BN's axis 1 is then A's M axis (rows of the output), "
                 "not the K axis the weight reads"
@@ -153,8 +153,8 @@ class GemmInput(InputSide):
     def fold(self, linear: Linear, s: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         node = linear.node
         # GemmKind.write sets beta to 1: the new C already carries beta.
-        return fold_affine_into_gemm_input(linear.weight, linear.bias, s, t, float(node.attrs.get("alpha", 1.0)),
-                                           float(node.attrs.get("beta", 1.0)), self.trans_b(node))
+        return fold_affine_into_gemm_input(linear.weight, linear.bias, s, t, float_attr(node, "alpha", 1.0),
+                                           float_attr(node, "beta", 1.0), self.trans_b(node))
 
 
 class MatMulInput(InputSide):
@@ -173,7 +173,7 @@ class MatMulInput(InputSide):
         linear = with_bias_add(super().read(node, graph), graph)
         if linear.bias_node is not None:
             try:
-                per_channel(linear.bias, linear.channels, 2, -1, "bias")
+                matmul_bias_vector(linear.bias, linear.channels)
             except NoFold:
                 # Not a per-channel bias: leave that Add alone, the shift gets an Add of its own.
                 linear.bias_node, linear.bias = None, None
@@ -186,9 +186,7 @@ class MatMulInput(InputSide):
         weight, shift = fold_affine_into_matmul_input(linear.weight, s, t)
         if linear.bias is None:
             return weight, shift
-        bias = per_channel(linear.bias, linear.channels, 2, -1, "bias") + shift
-        # Keep the stored layout ([N], [1, N]); a scalar bias becomes [N].
-        return weight, bias.reshape(linear.bias.shape) if linear.bias.size == bias.size else bias
+        return weight, keep_bias_layout(matmul_bias_vector(linear.bias, linear.channels) + shift, linear.bias)
 
 
 SIDES: dict[str, InputSide] = {k.op: k for k in (ConvInput(), GemmInput(), MatMulInput())}
@@ -260,7 +258,7 @@ class BatchNormLinearRule(Rule):
 
     @staticmethod
     def _check_reader(node: gs.Node, out: gs.Tensor, graph: FoldGraph) -> None:
-        if graph.state.owner.get(id(node)) is not graph:
+        if not graph.owns(node):
             raise NoFold(f"its output '{out.name}' is also read by {describe(node)} in another graph scope")
         if node.op not in SIDES or node.domain not in ONNX_DOMAINS:
             raise NoFold(f"its output '{out.name}' also feeds {describe(node)}, which is not a {_READERS}: "

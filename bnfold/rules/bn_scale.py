@@ -33,6 +33,7 @@ import onnx_graphsurgeon as gs
 
 from ..constants import ONNX_DOMAINS
 from ..errors import NoFold
+from .. import foldmath
 from ..foldmath import cast_checked
 from ..graph import FoldGraph
 from .affine_chain import (
@@ -157,9 +158,10 @@ class BatchNormScaleRule(Rule):
             dtype = gamma.dtype
         c = read_operand(element, graph, dtype, output_rank(y, graph), gamma.size, 1)
         s, t = affine_of(element, c)
+        target = _parameter_dtype(bn, gamma.dtype, np.asarray(graph.constant(element.operand)).dtype, graph)
         g64, b64 = gamma.astype(np.float64), beta.astype(np.float64)
-        scale = cast_checked(s * g64, gamma.dtype, f"scale of {describe(bn)}", original=gamma)
-        bias = cast_checked(s * b64 + t, beta.dtype, f"bias of {describe(bn)}", original=beta)
+        scale = cast_checked(s * g64, target, f"scale of {describe(bn)}", original=gamma)
+        bias = cast_checked(s * b64 + t, target, f"bias of {describe(bn)}", original=beta)
         return BatchNormScalePlan(element, bn, scale, bias)
 
     def rewrite(self, plan: BatchNormScalePlan, graph: FoldGraph) -> Fold:
@@ -174,6 +176,21 @@ class BatchNormScaleRule(Rule):
         graph.replace_output(bn, 0, z)  # z keeps its name, dtype and shape
         graph.remove_node(node)
         return Fold(self.name, node.name, node.op, bn.name, bn.op)
+
+
+def _parameter_dtype(bn: gs.Node, stored: np.dtype, data: np.dtype, graph: FoldGraph) -> np.dtype:
+    """The dtype the new scale and bias are stored in: as precise as the data path they affect.
+
+    The folded constant (``data``: the Mul/Add operand's dtype, which is BN's output dtype) must
+    not be rounded to a narrower parameter dtype: a float32 ``Add 1000.3`` folded into a float16
+    bias moves the output by 0.25. From opset 15 BN's scale and bias (T1) may have another dtype
+    than its data (T): both are widened (exactly) to a dtype that holds the data's precision.
+    """
+    target = foldmath.widened(stored, data)
+    if target != stored and graph.opset < 15:
+        raise NoFold(f"{describe(bn)} stores its scale and bias in {stored.name}, narrower than the "
+                     f"{data.name} data, and before opset 15 they cannot be widened")
+    return target
 
 
 def _constant_parameters(bn: gs.Node, graph: FoldGraph) -> tuple[np.ndarray, np.ndarray]:

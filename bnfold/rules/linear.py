@@ -26,6 +26,7 @@ from typing import ClassVar
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from ..attributes import float_attr, int_attr
 from ..constants import ONNX_DOMAINS
 from ..errors import NoFold
 from ..foldmath import cast_checked, scale_along_axis, scale_cast_checked
@@ -160,7 +161,7 @@ class ConvTransposeKind(ConvKind):
 
     @staticmethod
     def _group(node: gs.Node) -> int:
-        return int(node.attrs.get("group", 1))
+        return int_attr(node, "group", 1)
 
     def channels(self, node: gs.Node, weight: np.ndarray) -> int:
         return weight.shape[1] * self._group(node)
@@ -182,11 +183,11 @@ class GemmKind(LinearKind):
         weight, bias = _weight_and_bias(node, graph)
         if weight.ndim != 2:
             raise NoFold(f"{describe(node)} B has rank {weight.ndim}, expected 2")
-        axis = 0 if int(node.attrs.get("transB", 0)) else 1
+        axis = 0 if int_attr(node, "transB", 0) else 1
         return Linear(self, node, weight, bias, weight.shape[axis], 2, 1)
 
     def weight_axis(self, linear: Linear) -> int | None:
-        return 0 if int(linear.node.attrs.get("transB", 0)) else 1
+        return 0 if int_attr(linear.node, "transB", 0) else 1
 
     def scale_weight(self, linear: Linear, s: np.ndarray) -> np.ndarray:
         return scale_along_axis(linear.weight, s, self.weight_axis(linear))
@@ -194,7 +195,7 @@ class GemmKind(LinearKind):
     def folded_bias(self, linear: Linear, s: np.ndarray, t: np.ndarray) -> np.ndarray:
         if linear.bias is None:
             return t.copy()
-        beta = float(linear.node.attrs.get("beta", 1.0))
+        beta = float_attr(linear.node, "beta", 1.0)
         c = np.asarray(linear.bias, dtype=np.float64)
         if c.ndim == 2 and c.shape[1] not in (1, s.size) or c.ndim > 2:
             raise NoFold(f"{describe(linear.node)} C has shape {list(c.shape)}, which does not broadcast to [M, {s.size}]")
@@ -202,7 +203,7 @@ class GemmKind(LinearKind):
 
     def write(self, folded: FoldedLinear, graph: FoldGraph) -> gs.Node:
         node = _replace_weight_and_bias(folded, graph)
-        if folded.bias is not None and float(node.attrs.get("beta", 1.0)) != 1.0:
+        if folded.bias is not None and float_attr(node, "beta", 1.0) != 1.0:
             graph.set_attr(node, "beta", 1.0)  # beta is folded into the new C
         return node
 
@@ -218,7 +219,8 @@ class MatMulKind(LinearKind):
         if weight.ndim != 2:
             raise NoFold(f"{describe(node)} weight has rank {weight.ndim}; only a 2-D weight [K, N] folds")
         a_rank = rank_of(node.inputs[0], graph)
-        return Linear(self, node, weight, None, weight.shape[1], None if a_rank is None else max(a_rank, 2), -1)
+        # [K] @ [K, N] is [N]: a 1-D activation gives a 1-D product; otherwise the rank of A.
+        return Linear(self, node, weight, None, weight.shape[1], a_rank, -1)
 
     def weight_axis(self, linear: Linear) -> int | None:
         return 1
@@ -229,7 +231,7 @@ class MatMulKind(LinearKind):
     def folded_bias(self, linear: Linear, s: np.ndarray, t: np.ndarray) -> np.ndarray:
         if linear.bias is None:
             return t.copy()
-        return per_channel(linear.bias, linear.channels, linear.out_rank, -1, "bias") * s + t
+        return keep_bias_layout(matmul_bias_vector(linear.bias, linear.channels) * s + t, linear.bias)
 
     def write(self, folded: FoldedLinear, graph: FoldGraph) -> gs.Node:
         linear, node = folded.linear, folded.linear.node
@@ -276,9 +278,38 @@ def with_bias_add(linear: Linear, graph: FoldGraph) -> Linear:
     """``linear`` (a MatMul read on its own) with its bias Add attached, when it has one."""
     add = matmul_bias_add(linear.node, graph)
     if add is not None:
-        linear.bias_node = add
-        linear.bias = graph.constant(_other_input(add, linear.node.outputs[0]))
+        attach_bias(linear, add, graph.constant(_other_input(add, linear.node.outputs[0])))
     return linear
+
+
+def attach_bias(linear: Linear, add: gs.Node, bias: np.ndarray) -> None:
+    """Read ``add`` (adding the constant ``bias``) as ``linear``'s bias. The Add stays in the graph
+    with a bias of the same shape, so a bias with more dimensions than the product (``[1, N]``
+    after a 1-D ``[N]``) keeps raising the rank: the tail's rank is the larger one."""
+    linear.bias_node, linear.bias = add, bias
+    if linear.out_rank is not None:
+        linear.out_rank = max(linear.out_rank, np.ndim(bias))
+
+
+def matmul_bias_vector(bias: np.ndarray, channels: int) -> np.ndarray:
+    """A MatMul bias as a float64 vector over the output channels (the product's last axis).
+
+    Every axis but the last must be 1 and the last 1 or ``channels``: then the bias is the same
+    for every row of the product. It may have more dimensions than the product (the Add keeps
+    them, see ``keep_bias_layout``). NoFold otherwise.
+    """
+    b = np.asarray(bias)
+    shape = list(b.shape)
+    if b.ndim and (shape[-1] not in (1, channels) or any(d != 1 for d in shape[:-1])):
+        raise NoFold(f"bias of shape {shape} is not per output channel (expected {channels} entries on the last axis)")
+    return np.broadcast_to(b.astype(np.float64).reshape(-1), (channels,)).copy()
+
+
+def keep_bias_layout(vector: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """``vector`` (one value per channel) shaped like the stored ``bias``, its last axis widened to
+    the channels: the Add broadcasts the new bias exactly as it broadcast the old one."""
+    b = np.asarray(bias)
+    return vector.reshape((1,) * (b.ndim - 1) + (vector.size,)) if b.ndim else vector
 
 
 def rank_of(tensor: gs.Tensor, graph: FoldGraph, depth: int = 0) -> int | None:
@@ -357,7 +388,7 @@ def locate_linear(tensor: gs.Tensor, graph: FoldGraph, ops: tuple[str, ...], cha
 def require_same_scope(node: gs.Node, graph: FoldGraph) -> None:
     """Refuse to fold into ``node`` from a subgraph when ``node`` lives in an enclosing graph: the
     edits of one scope are written back into that scope's proto only."""
-    if graph.state.owner.get(id(node)) is not graph:
+    if not graph.owns(node):
         raise NoFold(f"{describe(node)} is in an enclosing graph; bnfold does not fold across graph scopes")
 
 
@@ -377,7 +408,7 @@ def read_linear(site: LinearSite, graph: FoldGraph) -> Linear:
             linear.bias = graph.constant(_other_input(add, linear.node.outputs[0]))
         except NoFold as exc:
             raise NoFold(f"{describe(add)} after {describe(linear.node)} does not add a constant bias: {exc.reason}") from None
-        linear.bias_node = add
+        attach_bias(linear, add, linear.bias)
     chain = [linear.node] + ([linear.bias_node] if linear.bias_node is not None else []) + linear.via
     for producer, consumer in zip(chain, chain[1:]):
         require_exclusive(producer, consumer, graph)
