@@ -80,6 +80,7 @@ def cached_exact(path: str, cache: str | None) -> tuple[dict[str, np.ndarray], l
     import os
 
     from bnfold._validate_worker import _strip_empty_trailing_outputs, make_inputs
+    from bnfold.io import load_runnable
 
     stat = os.stat(path)
     key = hashlib.sha1(f"{os.path.abspath(path)}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
@@ -89,7 +90,7 @@ def cached_exact(path: str, cache: str | None) -> tuple[dict[str, np.ndarray], l
             feeds = {k[len("in:"):]: data[k] for k in data.files if k.startswith("in:")}
             exact = [data[f"out:{i}"] for i in range(sum(k.startswith("out:") for k in data.files))]
         return feeds, exact
-    original = onnx.load(path)
+    original = load_runnable(path)  # external data read as onnxruntime reads it (onnx.load differs)
     _strip_empty_trailing_outputs(original.graph)
     feeds = make_inputs(original, {}, 0)
     exact = exact_outputs(original, feeds)

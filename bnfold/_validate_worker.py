@@ -12,6 +12,9 @@ import sys
 import numpy as np
 import onnx
 
+from .errors import BnfoldError
+from .inputs import check_input_bytes, is_symbolic, real_inputs, resolve_shapes
+from .io import load_runnable
 from .tolerances import tolerance_for
 
 
@@ -41,31 +44,28 @@ def _strip_empty_trailing_outputs(graph: onnx.GraphProto | onnx.FunctionProto) -
                 _strip_empty_trailing_outputs(g)
 
 
-def _real_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
-    inits = {t.name for t in model.graph.initializer}
-    return [i for i in model.graph.input if i.name not in inits]
+def make_inputs(model: onnx.ModelProto, shapes: dict[str, list[int]], seed: int,
+                label: str = "the model") -> dict[str, np.ndarray]:
+    """Seeded random inputs: normal floats, small non-negative integers, random booleans.
 
-
-def make_inputs(model: onnx.ModelProto, shapes: dict[str, list[int]], seed: int) -> dict[str, np.ndarray]:
-    """Seeded random inputs: normal floats, small non-negative integers, random booleans."""
+    BnfoldError (a usage error, ``bnfold.inputs``) when a given shape does not fit the model or
+    the inputs would not fit in memory, decided before anything is allocated; CannotRun when an
+    input cannot be made at all.
+    """
     rng = np.random.default_rng(seed)
     feeds = {}
-    inputs = _real_inputs(model)
-    unknown = sorted(set(shapes) - {vi.name for vi in inputs})
-    if unknown:
-        raise CannotRun(f"--input-shape names no input of the model: {', '.join(unknown)}")
+    inputs = real_inputs(model)
+    resolved = resolve_shapes(label, model, shapes)
+    check_input_bytes(label, model, resolved)
     for vi in inputs:
         ttype = vi.type.tensor_type
         if not vi.type.HasField("tensor_type"):
             raise CannotRun(f"input '{vi.name}' is not a tensor; bnfold validates tensor inputs only")
-        if vi.name in shapes:
-            shape = list(shapes[vi.name])
-        elif not ttype.HasField("shape"):
+        if vi.name not in resolved:
             raise CannotRun(f"input '{vi.name}' has no declared shape; pass --input-shape {vi.name}=DIMxDIM...")
-        else:
-            shape = [d.dim_value if d.HasField("dim_value") else 1 for d in ttype.shape.dim]
-            if any(not d.HasField("dim_value") for d in ttype.shape.dim):
-                _SYMBOLIC.append(vi.name)
+        shape = resolved[vi.name]
+        if vi.name not in shapes and any(is_symbolic(d) for d in ttype.shape.dim):
+            _SYMBOLIC.append(vi.name)
         dtype = onnx.helper.tensor_dtype_to_np_dtype(ttype.elem_type)
         if dtype == np.bool_:
             value = rng.random(shape) < 0.5
@@ -187,12 +187,13 @@ def main(request_path: str) -> int:
     report: dict = {"backend": "", "inputs": {}, "outputs": []}
     try:
         _progress(req["progress"], "loading the models")
-        original, folded = onnx.load(req["original"]), onnx.load(req["folded"])
+        # onnx.load would read a side file's tensors with no length to the end of the file
+        original, folded = load_runnable(req["original"]), load_runnable(req["folded"])
         for model in (original, folded):
             _strip_empty_trailing_outputs(model.graph)
             for function in model.functions:
                 _strip_empty_trailing_outputs(function)
-        feeds = make_inputs(original, req["input_shapes"], req["seed"])
+        feeds = make_inputs(original, req["input_shapes"], req["seed"], req["label"])
         report["inputs"] = {k: list(v.shape) for k, v in feeds.items()}
         backend, ref, got = run_pair(original, folded, feeds, req["progress"])
         report["backend"] = backend
@@ -206,6 +207,8 @@ def main(request_path: str) -> int:
         report["outputs"] = [compare(n, ref[n], got[n], req["atol"], req["rtol"]) for n in ref]
     except CannotRun as exc:
         report["error"] = str(exc)
+    except BnfoldError as exc:  # unusable file or input shape: the parent raises it, nothing ran
+        report["refused"] = str(exc)
     with open(req["result"], "w") as fh:
         json.dump(report, fh)
     return 0

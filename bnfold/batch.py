@@ -14,9 +14,10 @@ Where results go:
 * without one, beside the input as ``<stem>.folded.onnx`` (or in place with ``in_place``).
 
 Folder and glob searches skip ``*.folded.onnx`` files (earlier results) and anything inside the
-output folder; a file named on the command line is always taken. Two inputs whose results would
-land on the same path, or a result that would overwrite another input, are errors for the later
-input.
+output folder; a file named on the command line is always taken. Two inputs whose results (or
+their side files, ``<result>.data``) would land on the same path are an error for the later input;
+a result or side file that would overwrite another input or one of its external data files is an
+error for the input whose result it is.
 
 Exit codes (``exit_code``): 2 when a PATH matched nothing or a file was unusable (the others are
 still folded); else 1 when a validation failed (nothing written for that file); else 0. A failed
@@ -151,24 +152,71 @@ def _inside(path: str, folder: str | None) -> bool:
 
 
 def _reject_collisions(jobs: list[Job], in_place: bool) -> list[Job]:
-    """A result may not land on another job's result, nor (unless in place) on another input."""
-    from .pipeline import default_output
+    """A job writes its result and the result's side file (``<result>.data``). Neither may land on
+    another job's (symlinks resolved), nor on a file another job reads: its input or one of that
+    input's external data files (however spelled, ``io.file_id``). Files the job's own input reads
+    are ``pipeline.optimize``'s business (only ``in_place`` may replace them).
+    """
+    from .io import file_id
 
-    inputs = {os.path.realpath(j.input): j.input for j in jobs if j.error is None}
-    targets: dict[str, str] = {}
+    runnable = [j for j in jobs if j.error is None]
+    writes = {j.input: _written(j, in_place) for j in runnable}
+    readers: dict[tuple[int, int], set[str]] = {}  # a file some job reads -> the inputs that read it
+    for job in runnable:
+        readers.setdefault(file_id(job.input), set()).add(job.input)
+    # A file must exist to be read, so data files matter only for targets already on disk (earlier
+    # results, or a clash), and then only for inputs whose folder holds one (external data must lie
+    # inside the model's folder): only those are read, structure only. A fresh output tree reads none.
+    existing = [t for targets in writes.values() for t in targets if os.path.exists(t)]
+    for job in runnable:
+        folder = os.path.dirname(os.path.realpath(job.input))
+        if any(_inside(t, folder) for t in existing):
+            for f in _data_files(job.input):
+                readers.setdefault(file_id(f), set()).add(job.input)
+    owners: dict[str, str] = {}
     checked: list[Job] = []
     for job in jobs:
         if job.error is None:
-            me = os.path.realpath(job.input)
-            dst = me if in_place else os.path.realpath(job.output or default_output(job.input))
-            if dst in targets:
-                job = Job(job.input, error=f"{job.input}: its result would overwrite the result of {targets[dst]}")
-            elif not in_place and dst != me and dst in inputs:
-                job = Job(job.input, error=f"{job.input}: its result would overwrite the input {inputs[dst]}")
-            else:
-                targets[dst] = job.input
+            job = _collision(job, writes[job.input], owners, readers) or job
+            if job.error is None:
+                owners.update((t, job.input) for t in writes[job.input])
         checked.append(job)
     return checked
+
+
+def _written(job: Job, in_place: bool) -> list[str]:
+    """The real paths a job writes: its result and the result's side file."""
+    from .io import side_file
+    from .pipeline import default_output
+
+    dst = os.path.realpath(job.input) if in_place else job.output or default_output(job.input)
+    return [os.path.realpath(dst), os.path.realpath(side_file(dst))]
+
+
+def _collision(job: Job, targets: list[str], owners: dict[str, str], readers: dict) -> Job | None:
+    """The job turned into an error when one of its targets is another job's target or is read by another job."""
+    from .io import file_id
+
+    for target, what in zip(targets, ("its result", "its result's side file")):
+        if target in owners:
+            return Job(job.input, error=f"{job.input}: {what} would overwrite the result of {owners[target]}")
+        others = sorted(readers.get(file_id(target) or (), set()) - {job.input})
+        if others:
+            read = (f"the input {others[0]}" if file_id(target) == file_id(others[0])
+                    else f"external data of the input {others[0]} ({os.path.basename(target)})")
+            return Job(job.input, error=f"{job.input}: {what} would overwrite {read}")
+    return None
+
+
+def _data_files(path: str) -> list[Path]:
+    """The external data files of the model at ``path`` (from its structure); none when it cannot be
+    read: the job reports that itself when it runs."""
+    from .io import read_model
+
+    try:
+        return read_model(path, check=False, lazy=True)[1]
+    except BnfoldError:
+        return []
 
 
 # -- running jobs ----------------------------------------------------------------------------

@@ -143,12 +143,15 @@ def optimize(models, output, in_place, validate, input_shapes, atol, rtol, seed,
     from .batch import is_batch
     from .errors import BnfoldError
     from .pipeline import optimize as run_optimize
+    from .tolerances import check_tolerances
     from .validation import parse_input_shapes
 
+    # Malformed options are usage errors before any work (an input name a file lacks is that file's error).
     try:
         shapes = parse_input_shapes(input_shapes)
     except ValueError as exc:
         raise BnfoldError(str(exc)) from None
+    check_tolerances(atol, rtol)
     if is_batch(models):
         if bench:
             raise BnfoldError("--bench measures one model at a time; give a single MODEL file")
@@ -268,7 +271,9 @@ def check(paths, fix, fmt, verbose, disable, ignore, atol, rtol, debug) -> int:
     from .check import exit_code, render, run_check
     from .config import check_rule_names, load_settings
     from .rules import DEFAULT_RULES
+    from .tolerances import check_tolerances
 
+    check_tolerances(atol, rtol)  # [tool.bnfold] values are checked by load_settings
     settings = load_settings(Path.cwd())
     if settings.warning:
         click.echo(f"bnfold: warning: {settings.warning}", err=True)

@@ -20,6 +20,7 @@ Reading TOML needs ``tomllib`` (Python 3.11+) or the ``tomli`` package; on Pytho
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Iterable
@@ -104,6 +105,8 @@ def _parse(table: dict, path: Path, rule_names: Iterable[str] | None) -> Setting
         value = table.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
             raise BnfoldError(f"{where}: '{key}' must be a number >= 0, not {value!r}")
+        if value is not None and not math.isfinite(value):  # TOML has nan and inf; neither is a tolerance
+            raise BnfoldError(f"{where}: '{key}' must be a finite number, not {value!r}")
         tolerances[key] = None if value is None else float(value)
     lists = {}
     for key in ("disable", "ignore"):

@@ -81,13 +81,39 @@ def read_model(path: str | os.PathLike, check: bool = True, lazy: bool = False) 
             _run_checker(path)
     for tensor in external_tensors(model, main_initializers=not lazy):
         try:
-            onnx.external_data_helper.load_external_data_for_tensor(tensor, str(base))
-        except Exception as exc:
+            _load_data(tensor, base)  # the span _check_external made explicit, as onnxruntime reads it
+        except OSError as exc:
             raise BnfoldError(f"{path}: cannot load external data ({_one_line(exc)})") from None
-        tensor.data_location = onnx.TensorProto.DEFAULT
-        del tensor.external_data[:]
     files.discard(path.resolve())
     return model, sorted(files)
+
+
+def load_runnable(path: str | os.PathLike) -> onnx.ModelProto:
+    """The model at ``path`` with every tensor's data in memory, for handing to a runtime.
+
+    External data is read as onnxruntime reads it: from ``offset`` (default 0), exactly the
+    tensor's byte size from its type and shape (a ``length`` given must equal it), inside the
+    model's folder. ``onnx.load`` instead reads from the offset to the end of the file when there
+    is no ``length``, which makes every tensor but the last of a shared side file too big.
+    Validation and latency runs load through here, so they run what onnxruntime would.
+    """
+    return read_model(path, check=False)[0]
+
+
+def file_id(path: str | os.PathLike) -> tuple[int, int] | None:
+    """``(device, inode)`` of the file ``path`` names, symlinks followed; None when there is none.
+    Two paths with one id are one file however they are spelled (symlinks, hard links, case)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def side_file(path: str | os.PathLike) -> Path:
+    """Where ``write_model`` puts the external data of a model written to ``path``: ``<path>.data``."""
+    path = Path(path)
+    return path.with_name(f"{path.name}.data")
 
 
 def _parse(path: Path) -> onnx.ModelProto:
@@ -170,6 +196,8 @@ def _read_span(tensor: onnx.TensorProto, base_dir) -> bytes:
     """An external tensor's data bytes, read from its file under ``base_dir``."""
     offset, length = _span(tensor)
     with open(Path(base_dir, _location(tensor)), "rb") as fh:
+        if length < 0:  # no length and no size from the type (strings): the rest of the file
+            length = max(os.fstat(fh.fileno()).st_size - offset, 0)
         return os.pread(fh.fileno(), length, offset) if length else b""
 
 
@@ -314,7 +342,7 @@ def write_model(model: onnx.ModelProto, path: str | os.PathLike, external_data: 
     """
     path = Path(path)
     to_side_file = external_data or _weight_bytes(model) > PROTOBUF_LIMIT - (64 << 20)
-    data_path = path.with_name(f"{path.name}.data")
+    data_path = side_file(path)
     with contextlib.ExitStack() as stack:
         fh = stack.enter_context(open(path, "wb"))
         data = stack.enter_context(open(data_path, "wb")) if to_side_file else None

@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING
 from .errors import BnfoldError
 from .rules import Rule
 from .folding import FoldResult, fold
-from .io import read_model, staged_output, write_model
+from .inputs import check_input_bytes, resolve_shapes
+from .io import file_id, read_model, side_file, staged_output, write_model
+from .tolerances import check_tolerances
 from .validation import ValidationResult, validate
 
 if TYPE_CHECKING:
@@ -86,7 +88,9 @@ def optimize(
 
     The output keeps its tensors in a side file ``<output>.data`` when the input had external
     data, when it would exceed protobuf's 2 GB, or with ``external_data=True``.
-    Raises BnfoldError for unusable input or arguments. When validation fails the report says so
+    Raises BnfoldError for unusable input or arguments (a tolerance that is not a finite number
+    >= 0, an input shape that does not fit the model or memory, an output that would overwrite a
+    file the input reads), before anything is written. When validation fails the report says so
     (``report.ok`` is False) and nothing is written.
 
     With ``bench`` options, the latency of ``src`` against the staged output is measured after
@@ -94,6 +98,7 @@ def optimize(
     original): ``report.bench``, or ``report.bench_error`` when the runtime could not measure it
     (the output is written all the same; it was validated).
     """
+    check_tolerances(atol, rtol)  # usage errors before any work
     if bench is not None:
         bench = bench.checked()  # a bad provider or count is a usage error before any work
     try:
@@ -114,18 +119,20 @@ def _optimize(src, dst, in_place, validate_output, input_shapes, atol, rtol, see
         raise BnfoldError("--in-place and an output path contradict each other; give one")
     # In place through a symlink replaces the file it points to, not the link.
     dst = Path(os.path.realpath(src)) if in_place else Path(dst) if dst is not None else default_output(src)
-    if not in_place and dst.exists() and dst.resolve() == src.resolve():
-        raise BnfoldError(f"{dst}: the output would overwrite the input; pass --in-place to do that")
+    if not in_place:
+        check_not_read(src, data_files, dst)
     if dst.is_dir():
         raise BnfoldError(f"{dst}: the output path is a directory")
     if not dst.parent.is_dir():
         raise BnfoldError(f"{dst}: the output folder {dst.parent} does not exist")
-    check_input_shapes(src, model, input_shapes or {})
+    shapes = resolve_shapes(str(src), model, input_shapes or {})  # names, ranks, static dims
     try:
         result = fold(model, rules, in_place=True, base_dir=src.parent)
     except UnicodeDecodeError:
         raise BnfoldError(f"{src}: invalid ONNX model (a text field is not valid UTF-8)") from None
     timings["fold"] = result.seconds
+    if (validate_output and result.changed) or bench is not None:  # inputs will be made: can they be?
+        check_input_bytes(str(src), result.model, shapes)
     report = Report(str(src), str(dst), result, None, False, sum(f.stat().st_size for f in [src, *data_files] if f.exists()))
     with staged_output(dst) as tmp:
         start = time.perf_counter()
@@ -162,16 +169,22 @@ def _bench(report: Report, src: Path, staged: Path, input_shapes, seed: int, opt
         report.bench_error = str(exc)
 
 
-def check_input_shapes(src: Path, model, shapes: dict[str, list[int]]) -> None:
-    """BnfoldError when ``--input-shape`` names something that is not a (non-initializer) input."""
-    inits = {t.name for t in model.graph.initializer}
-    names = {i.name for i in model.graph.input if i.name not in inits}
-    unknown = sorted(set(shapes) - names)
-    if unknown:
-        raise BnfoldError(
-            f"{src}: --input-shape names no input of the model: {', '.join(unknown)} "
-            f"(inputs: {', '.join(sorted(names)) or 'none'})"
-        )
+def check_not_read(src: Path, data_files: Sequence[Path], dst: Path) -> None:
+    """BnfoldError when the output or its side file (``<output>.data``) would overwrite a file the
+    input reads: the model itself or one of its external data files, however spelled (symlinks
+    resolved, ``io.file_id``). A file must exist to be read, so only existing targets can clash.
+
+    Not called in place: there the staged write has copied every byte it needs before anything is
+    renamed over the input (its own side file included). The side file counts even when the
+    output may not need one: whether it does is known only once it is written.
+    """
+    reads = {file_id(f): f"external data of the input {src}" for f in data_files}
+    reads[file_id(src)] = f"the input {src}"
+    for target, what in ((dst, "the output"), (side_file(dst), "the output's side file")):
+        read = reads.get(file_id(target) or ())
+        if read is not None:
+            raise BnfoldError(f"{target}: {what} would overwrite {read}; pass --in-place to replace the input, "
+                              "or choose another output")
 
 
 class _ValidationFailed(Exception):

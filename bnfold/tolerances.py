@@ -7,9 +7,13 @@ An output element passes when ``|folded - original| <= atol + rtol * |original|`
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from numbers import Real
 
 import numpy as np
+
+from .errors import BnfoldError
 
 
 @dataclass(frozen=True)
@@ -38,3 +42,13 @@ def tolerance_for(dtype: str | np.dtype, atol: float | None = None, rtol: float 
         atol=default.atol if atol is None else atol,
         rtol=default.rtol if rtol is None else rtol,
     )
+
+
+def check_tolerances(atol: float | None, rtol: float | None) -> None:
+    """BnfoldError unless each tolerance given is a finite number >= 0 (a negative or NaN bound
+    is no bound, and an infinite one passes any error: none of them validates anything)."""
+    for option, value in (("--atol", atol), ("--rtol", rtol)):
+        number = isinstance(value, Real) and not isinstance(value, bool)
+        if value is not None and not (number and math.isfinite(value) and value >= 0):
+            shown = format(value, "g") if number else repr(value)
+            raise BnfoldError(f"{option} {shown}: a tolerance must be a finite number >= 0")

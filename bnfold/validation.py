@@ -22,6 +22,8 @@ from pathlib import Path
 
 import onnx
 
+from .errors import BnfoldError
+from .tolerances import check_tolerances
 
 
 @dataclass(frozen=True)
@@ -87,9 +89,12 @@ def parse_input_shapes(specs: list[str] | tuple[str, ...]) -> dict[str, list[int
 
 
 def _as_path(model: onnx.ModelProto | str | os.PathLike, workdir: str, name: str) -> str:
+    """A file for the worker: a path stays itself, a ModelProto is written (with a side file if big)."""
     if isinstance(model, onnx.ModelProto):
+        from .io import write_model
+
         path = os.path.join(workdir, name)
-        onnx.save(model, path, save_as_external_data=model.ByteSize() > 2**31 - 1)
+        write_model(model, path)
         return path
     return os.fspath(model)
 
@@ -112,9 +117,15 @@ def validate(
         atol, rtol: override the dtype-aware defaults of ``bnfold.tolerances``.
         seed: seed of the random inputs.
         timeout: seconds before the run is abandoned (None: no limit).
+
+    Raises BnfoldError, before anything runs, for a tolerance that is not a finite number >= 0,
+    an input shape that does not fit the model or memory (``bnfold.inputs``), or a model file
+    that cannot be read.
     """
+    check_tolerances(atol, rtol)
     with tempfile.TemporaryDirectory(prefix="bnfold-validate-") as workdir:
         request = {
+            "label": "<in-memory model>" if isinstance(original, onnx.ModelProto) else os.fspath(original),
             "original": _as_path(original, workdir, "original.onnx"),
             "folded": _as_path(folded, workdir, "folded.onnx"),
             "input_shapes": input_shapes or {},
@@ -136,6 +147,8 @@ def validate(
         if proc.returncode != 0 or not os.path.exists(request["result"]):
             return ValidationResult(False, seed=seed, error=_crash_message(proc, request["progress"]))
         raw = json.loads(Path(request["result"]).read_text())
+    if raw.get("refused"):  # unusable input found by the worker before running anything
+        raise BnfoldError(raw["refused"])
     return _judge(raw, seed)
 
 

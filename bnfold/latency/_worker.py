@@ -26,10 +26,13 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 import onnx
 
 from .._validate_worker import CannotRun, _strip_empty_trailing_outputs, make_inputs
+from ..errors import BnfoldError
+from ..io import read_model, write_model
 
 #: Setting name → the graph optimization level it uses (None: leave onnxruntime's default).
 LEVELS = {"disabled": "ORT_DISABLE_ALL", "default": None}
@@ -58,15 +61,15 @@ def _one_line(exc: Exception) -> str:
 
 
 def _runnable_path(path: str, workdir: str, name: str) -> tuple[str, onnx.ModelProto]:
-    """The model at ``path`` and a file onnxruntime can load safely: ``path`` itself, or a copy
-    without declared-but-empty trailing outputs (onnxruntime crashes on some) when it had any."""
-    model = onnx.load(path, load_external_data=False)  # the weights are not needed to decide
+    """The model at ``path`` (its structure) and a file onnxruntime can load safely: ``path``
+    itself, or a copy without declared-but-empty trailing outputs (onnxruntime crashes on some)
+    when it had any. The copy's weights are copied from where they are, spans read as
+    onnxruntime reads them (``bnfold.io``), never through ``onnx.load``."""
+    model, data_files = read_model(path, check=False, lazy=True)  # the weights stay on disk
     if not _strip(model):
         return path, model
-    model = onnx.load(path)
-    _strip(model)
     copy = os.path.join(workdir, name)
-    onnx.save(model, copy, save_as_external_data=model.ByteSize() > 2**31 - 1)
+    write_model(model, copy, external_data=bool(data_files), base_dir=Path(path).parent)
     return copy, model
 
 
@@ -184,12 +187,12 @@ def main(request_path: str) -> int:
         original_path, original = _runnable_path(req["original"], workdir, "original.runnable.onnx")
         folded_path, _ = _runnable_path(req["folded"], workdir, "folded.runnable.onnx")
         paths = {"original": original_path, "folded": folded_path}
-        feeds = make_inputs(original, req["input_shapes"], req["seed"])
+        feeds = make_inputs(original, req["input_shapes"], req["seed"], req["original"])
         del original
         result["inputs"] = {k: list(v.shape) for k, v in feeds.items()}
         for setting in req["settings"]:
             result["settings"].append(_measure(setting, paths, feeds, req, progress))
-    except CannotRun as exc:
+    except (CannotRun, BnfoldError) as exc:  # BnfoldError: an unusable file or input shape
         result["error"] = str(exc)
     with open(req["result"], "w") as fh:
         json.dump(result, fh)

@@ -225,13 +225,14 @@ def bench(
     """
     from ..folding import fold
     from ..io import write_model
-    from ..pipeline import check_input_shapes
+    from ..inputs import check_input_bytes, resolve_shapes
 
     options = (options or BenchOptions()).checked()
     input_shapes = input_shapes or {}
     with tempfile.TemporaryDirectory(prefix="bnfold-bench-") as workdir:
         original_path, model, data_files, original_bytes, base_dir = _materialize(original, workdir, "original.onnx")
-        check_input_shapes(original_path, model, input_shapes)
+        label = str(original_path) if not isinstance(original, onnx.ModelProto) else "<in-memory model>"
+        check_input_bytes(label, model, resolve_shapes(label, model, input_shapes))  # before anything runs
         before = ModelFigures.of(model_stats(model), original_bytes)
         if folded is None:
             # A model we loaded ourselves may be folded in place; one the caller gave us may not.
@@ -247,7 +248,6 @@ def bench(
             folded_label = str(folded_path) if not isinstance(folded, onnx.ModelProto) else "<in-memory model>"
             del other
         del model
-        label = str(original_path) if not isinstance(original, onnx.ModelProto) else "<in-memory model>"
         return run_bench(original_path, folded_path, before=before, after=after, folds=folds, input_shapes=input_shapes,
                          seed=seed, options=options, original_label=label, folded_label=folded_label, checked=True)
 
