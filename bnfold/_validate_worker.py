@@ -18,10 +18,6 @@ from .io import load_runnable
 from .tolerances import tolerance_for
 
 
-#: Inputs whose symbolic dimensions were defaulted to 1 (named in the error if a run then fails).
-_SYMBOLIC: list[str] = []
-
-
 class CannotRun(Exception):
     """The models could not be run as given (shape, kernel, runtime error): a one-line reason."""
 
@@ -64,8 +60,6 @@ def make_inputs(model: onnx.ModelProto, shapes: dict[str, list[int]], seed: int,
         if vi.name not in resolved:
             raise CannotRun(f"input '{vi.name}' has no declared shape; pass --input-shape {vi.name}=DIMxDIM...")
         shape = resolved[vi.name]
-        if vi.name not in shapes and any(is_symbolic(d) for d in ttype.shape.dim):
-            _SYMBOLIC.append(vi.name)
         dtype = onnx.helper.tensor_dtype_to_np_dtype(ttype.elem_type)
         if dtype == np.bool_:
             value = rng.random(shape) < 0.5
@@ -123,7 +117,13 @@ def _reference_batchnorm():
     return BatchNormalization
 
 
-def run_pair(original, folded, feeds, progress: str) -> tuple[str, list, list]:
+def defaulted(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> list[str]:
+    """Inputs whose symbolic dimensions were set to 1 (no ``--input-shape`` for them)."""
+    return [vi.name for vi in real_inputs(model) if vi.name not in shapes
+            and any(is_symbolic(d) for d in vi.type.tensor_type.shape.dim)]
+
+
+def run_pair(original, folded, feeds, progress: str, symbolic: list[str] = ()) -> tuple[str, list, list]:
     """Outputs of both models with the same backend: onnxruntime, or onnx.reference where ORT has no kernel."""
     try:
         _progress(progress, "creating an onnxruntime session for the original model")
@@ -150,8 +150,8 @@ def run_pair(original, folded, feeds, progress: str) -> tuple[str, list, list]:
             results.append(session.run(None, ort_feeds))
         except Exception as exc:
             hint = ""
-            if _SYMBOLIC:
-                hint = f" (symbolic dimensions of {', '.join(_SYMBOLIC)} were set to 1; pass --input-shape NAME=DIMxDIM...)"
+            if symbolic:
+                hint = f" (symbolic dimensions of {', '.join(symbolic)} were set to 1; pass --input-shape NAME=DIMxDIM...)"
             raise CannotRun(f"running the {which} model failed: {' '.join(str(exc).split())[:300]}{hint}") from None
     return backend, results[0], results[1]
 
@@ -195,7 +195,8 @@ def main(request_path: str) -> int:
                 _strip_empty_trailing_outputs(function)
         feeds = make_inputs(original, req["input_shapes"], req["seed"], req["label"])
         report["inputs"] = {k: list(v.shape) for k, v in feeds.items()}
-        backend, ref, got = run_pair(original, folded, feeds, req["progress"])
+        backend, ref, got = run_pair(original, folded, feeds, req["progress"],
+                                     defaulted(original, req["input_shapes"]))
         report["backend"] = backend
         ref = dict(zip((o.name for o in original.graph.output), ref))
         got = dict(zip((o.name for o in folded.graph.output), got))

@@ -414,12 +414,13 @@ def _write_streamed(model: onnx.ModelProto, fh, base_dir=None, data=None) -> int
     written = 0
     for chunk in chunks:
         written += fh.write(chunk)
+    scratch = _Scratch()  # this write's own: concurrent writes never share a buffer
     for tensor in model.graph.initializer:
-        written += _write_initializer(tensor, fh, base_dir, data)
+        written += _write_initializer(tensor, fh, base_dir, data, scratch)
     return written
 
 
-def _write_initializer(tensor: onnx.TensorProto, fh, base_dir, data) -> int:
+def _write_initializer(tensor: onnx.TensorProto, fh, base_dir, data, scratch: _Scratch) -> int:
     external = tensor.data_location == onnx.TensorProto.EXTERNAL
     if external and base_dir is None:
         raise BnfoldError(f"tensor '{tensor.name}' has external data that was never loaded")
@@ -427,7 +428,7 @@ def _write_initializer(tensor: onnx.TensorProto, fh, base_dir, data) -> int:
     if data is not None and size >= SIDE_FILE_BYTES:
         shell = _shell(tensor, ("raw_data", "external_data", "data_location"))
         offset = data.tell()
-        _copy_data(tensor, base_dir, data)
+        _copy_data(tensor, base_dir, data, scratch)
         for key, value in (("location", Path(data.name).name), ("offset", str(offset)), ("length", str(size))):
             entry = shell.external_data.add()
             entry.key, entry.value = key, value
@@ -442,7 +443,7 @@ def _write_initializer(tensor: onnx.TensorProto, fh, base_dir, data) -> int:
     initializer_header = wire.header(wire.INITIALIZER_FIELD, tensor_size)
     written = fh.write(wire.header(wire.GRAPH_FIELD, len(initializer_header) + tensor_size)
                        + initializer_header + body + raw_header)
-    return written + _copy_data(tensor, base_dir, fh)
+    return written + _copy_data(tensor, base_dir, fh, scratch)
 
 
 def _write_wrapped(fh, tensor: bytes) -> int:
@@ -452,13 +453,13 @@ def _write_wrapped(fh, tensor: bytes) -> int:
     return fh.write(graph_header + initializer_header) + fh.write(tensor)
 
 
-def _copy_data(tensor: onnx.TensorProto, base_dir, out) -> int:
+def _copy_data(tensor: onnx.TensorProto, base_dir, out, scratch: _Scratch) -> int:
     """Write the tensor's data bytes to ``out``: its raw_data, or a chunked copy from its external file."""
     if tensor.data_location != onnx.TensorProto.EXTERNAL:
         return out.write(tensor.raw_data)
     offset, length = _span(tensor)
     written = 0
-    buffer = memoryview(_copy_buffer(min(COPY_CHUNK, length)))
+    buffer = scratch.view(min(COPY_CHUNK, length))
     with open(Path(base_dir, _location(tensor)), "rb", buffering=0) as src:
         src.seek(offset)
         while written < length:
@@ -469,12 +470,15 @@ def _copy_data(tensor: onnx.TensorProto, base_dir, out) -> int:
     return written
 
 
-_buffer = bytearray()
+class _Scratch:
+    """One buffer for the copies of one write, grown as needed (a fresh one per tensor costs a page
+    fault per 4 KiB). Never shared between writes: a module-level buffer let concurrent
+    ``bnfold.optimize`` calls write each other's weights."""
 
+    def __init__(self) -> None:
+        self._buffer = bytearray()
 
-def _copy_buffer(size: int) -> bytearray:
-    """One reused buffer for copies (a fresh one per tensor costs a page fault per 4 KiB)."""
-    global _buffer
-    if len(_buffer) < size:
-        _buffer = bytearray(size)
-    return _buffer
+    def view(self, size: int) -> memoryview:
+        if len(self._buffer) < size:
+            self._buffer = bytearray(size)
+        return memoryview(self._buffer)
