@@ -232,12 +232,23 @@ def _location(tensor: onnx.TensorProto) -> str:
 
 
 def _span(tensor: onnx.TensorProto) -> tuple[int, int]:
-    """``(offset, length)`` of an external tensor's data; length -1 when not given."""
+    """``(offset, length)`` of an external tensor's data; length -1 when not given.
+
+    Both are decimal digits only, as the ONNX spec writes them: Python's ``int`` would also take
+    ``-4``, ``+4``, `` 4`` and ``1_0``, and a negative length would read as "the rest of the file".
+    """
     info = {e.key: e.value for e in tensor.external_data}
-    try:
-        return int(info.get("offset", 0)), int(info.get("length", -1))
-    except ValueError:
-        raise BnfoldError(f"tensor '{tensor.name}' has a malformed external data offset or length") from None
+    span = []
+    for key, default in (("offset", 0), ("length", -1)):
+        value = info.get(key)
+        if value is None:
+            span.append(default)
+        elif value.isascii() and value.isdigit():
+            span.append(int(value))
+        else:
+            raise BnfoldError(f"tensor '{tensor.name}' has a malformed external data {key} {value!r} "
+                              "(expected a non-negative decimal number)")
+    return span[0], span[1]
 
 
 def external_tensors(model: onnx.ModelProto, main_initializers: bool = True) -> list[onnx.TensorProto]:

@@ -263,3 +263,45 @@ def test_wrong_explicit_length_in_a_shared_side_file_is_unusable(tmp_path, delta
     with pytest.raises(bnfold.BnfoldError) as raised:
         bnfold.validate(path, path)
     assert str(raised.value) == message
+
+
+# ---------------------------------------------------------------------------------------------
+# malformed spans (issue 14, class 8): decimal digits only, as the ONNX spec and onnxruntime read them
+# ---------------------------------------------------------------------------------------------
+
+
+def set_span_key(path: Path, key: str, value: str) -> None:
+    """Set ``key`` (offset or length) of the first external tensor of the model at ``path`` to ``value``."""
+    raw = onnx.load(path, load_external_data=False)
+    tensor = next(t for t in raw.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL)
+    entries = {e.key: e for e in tensor.external_data}
+    if key in entries:
+        entries[key].value = value
+    else:
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    onnx.save(raw, path)
+
+
+@pytest.mark.parametrize("key, value", [
+    ("length", "-1"), ("length", "-4"), ("offset", "-4"), ("offset", "1_0"), ("offset", "+0"), ("offset", " 0"),
+    ("length", "0x10"), ("offset", "\u0663"), ("length", ""),
+], ids=["length-minus-1", "length-negative", "offset-negative", "offset-underscore", "offset-plus",
+        "offset-space", "length-hex", "offset-arabic-digit", "length-empty"])
+def test_a_malformed_span_is_an_unusable_model(external_model, tmp_path, key, value):
+    set_span_key(external_model, key, value)
+    before = folder_state(tmp_path)
+    for args in (("optimize", external_model), ("check", external_model)):
+        result = run(*args)
+        assert result.exit_code == 2, result.stdout + result.stderr
+        assert result.stderr.splitlines() == [
+            f"bnfold: error: {external_model}: tensor 'W' has a malformed external data {key} {value!r} "
+            "(expected a non-negative decimal number)"], result.stderr
+        assert folder_state(tmp_path) == before
+
+
+def test_explicit_spans_in_plain_digits_still_fold(external_model, tmp_path):
+    """The neighbour: offset "0" and the exact length, written out, are what a span should be."""
+    set_span_key(external_model, "offset", "0")
+    result = run("optimize", external_model)
+    assert result.exit_code == 0, result.stdout + result.stderr
