@@ -20,6 +20,7 @@ Reading TOML needs ``tomllib`` (Python 3.11+) or the ``tomli`` package; on Pytho
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -89,9 +90,12 @@ def load_settings(start: Path, rule_names: Iterable[str] | None = None) -> Setti
             doc = _toml.load(f)
     except (_toml.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise BnfoldError(f"{path}: invalid TOML: {exc}") from None
-    table = doc.get("tool", {}).get("bnfold", {})
+    tool = doc.get("tool", {})
+    if not isinstance(tool, dict):
+        raise BnfoldError(f"{path}: 'tool' must be a table, not {tool!r}")
+    table = tool.get("bnfold", {})
     if not isinstance(table, dict):
-        raise BnfoldError(f"{path}: [tool.bnfold] must be a table")
+        raise BnfoldError(f"{path}: [tool.bnfold] must be a table, not {table!r}")
     return _parse(table, path, rule_names)
 
 
@@ -115,6 +119,7 @@ def _parse(table: dict, path: Path, rule_names: Iterable[str] | None) -> Setting
             raise BnfoldError(f"{where}: '{key}' must be a list of strings, not {value!r}")
         lists[key] = tuple(value)
     check_rule_names(lists["disable"], f"{where}: 'disable'", rule_names)
+    check_globs(lists["ignore"], f"{where}: 'ignore'")
     return Settings(**tolerances, disable=lists["disable"], ignore=lists["ignore"], root=path.parent)
 
 
@@ -133,12 +138,14 @@ def check_rule_names(names: Iterable[str], where: str, rule_names: Iterable[str]
 # -- ignore globs ----------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=256)
 def glob_regex(pattern: str) -> re.Pattern:
     """A regex for a path glob: ``*`` and ``?`` stay within one folder, ``**`` crosses folders.
 
     As in ``.gitignore``, a pattern without ``/`` (a trailing one aside) matches a file or folder
     name at any depth (``*.quant.onnx``, ``legacy/``); one with ``/`` matches from the base
-    folder (``models/old/**``, ``/top.onnx``).
+    folder (``models/old/**``, ``/top.onnx``). ``[abc]``, ``[a-z]`` and ``[!a-z]`` match one
+    character. ValueError for a pattern that is not a glob (a bad range such as ``[z-a]``).
     """
     anchored = "/" in pattern.rstrip("/")
     pattern = pattern.strip("/")
@@ -159,9 +166,7 @@ def glob_regex(pattern: str) -> re.Pattern:
             out.append("[^/]")
         elif c == "[" and "]" in pattern[i + 2:]:
             end = pattern.index("]", i + 2)
-            body = pattern[i + 1:end]
-            body = "^" + body[1:] if body.startswith("!") else body
-            out.append("[" + body.replace("\\", "\\\\") + "]")
+            out.append(_char_class(pattern[i + 1:end], pattern))
             i = end + 1
             continue
         else:
@@ -171,18 +176,62 @@ def glob_regex(pattern: str) -> re.Pattern:
     return re.compile(prefix + "".join(out))
 
 
-def is_ignored(path: str | Path, patterns: Iterable[tuple[Path, str]]) -> bool:
-    """Whether ``path`` or one of its folders matches a pattern; each pattern is (base folder, glob).
+def _char_class(body: str, pattern: str) -> str:
+    """``[...]`` of a glob as a regex class, every character escaped, ranges checked."""
+    negate = body.startswith("!")
+    body = body[1:] if negate else body
+    parts, k = [], 0
+    while k < len(body):
+        if k + 2 < len(body) and body[k + 1] == "-":
+            low, high = body[k], body[k + 2]
+            if low > high:
+                raise ValueError(f"bad character range {low}-{high} in '{pattern}'")
+            parts.append(f"{re.escape(low)}-{re.escape(high)}")
+            k += 3
+        else:
+            parts.append(re.escape(body[k]))
+            k += 1
+    return ("[^" if negate else "[") + "".join(parts) + "]"
 
-    The path is matched relative to the pattern's base folder; a path outside it never matches.
+
+def check_globs(patterns: Iterable[str], where: str) -> None:
+    """BnfoldError naming the first of ``patterns`` that is not a valid ignore glob."""
+    for pattern in patterns:
+        try:
+            glob_regex(_polarity(pattern)[1])
+        except (ValueError, re.error) as exc:
+            raise BnfoldError(f"{where}: '{pattern}' is not a valid glob ({exc})") from None
+
+
+def _polarity(pattern: str) -> tuple[bool, str]:
+    """``(ignores, glob)``: ``!glob`` re-includes (as in .gitignore); ``\\!`` starts a literal ``!``."""
+    if pattern.startswith("!"):
+        return False, pattern[1:]
+    if pattern.startswith("\\!"):
+        return True, pattern[1:]
+    return True, pattern
+
+
+def is_ignored(path: str | Path, patterns: Iterable[tuple[Path, str]]) -> bool:
+    """Whether ``path`` is ignored; each pattern is (base folder, glob), in the order given.
+
+    As in ``.gitignore`` the last pattern that matches decides: a plain one ignores, a ``!`` one
+    re-includes (``["models/**", "!models/keep.onnx"]``). A pattern matches a path when it
+    matches the path or one of its folders, relative to the pattern's base folder (a path outside
+    it never matches). Unlike git, a file can be re-included even when a pattern ignores its
+    whole folder.
     """
     absolute = Path(os.path.abspath(path))
+    ignored = False
     for base, pattern in patterns:
         try:
             parts = absolute.relative_to(os.path.abspath(base)).parts
         except ValueError:
             continue
-        regex = glob_regex(pattern)
+        ignores, glob = _polarity(pattern)
+        if ignores == ignored:
+            continue  # cannot change the outcome
+        regex = glob_regex(glob)
         if any(regex.fullmatch("/".join(parts[:k])) for k in range(1, len(parts) + 1)):
-            return True
-    return False
+            ignored = ignores
+    return ignored
