@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import zlib
 
 import numpy as np
 import onnx
@@ -38,6 +39,49 @@ def _strip_empty_trailing_outputs(graph: onnx.GraphProto | onnx.FunctionProto) -
                 _strip_empty_trailing_outputs(attr.g)
             for g in attr.graphs:
                 _strip_empty_trailing_outputs(g)
+
+
+#: Ops that draw random numbers, each with a ``seed`` attribute (used when given).
+RANDOM_OPS = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
+                        "Bernoulli"})
+
+
+def prepare_for_runtime(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` (the worker's own copy, edited in place) in a form the runtimes take alike, with
+    the same computation:
+
+    - empty trailing optional outputs dropped (onnxruntime crashes on an opset-9 BN declaring them);
+    - repeated node names made unique (onnxruntime refuses two nodes of one name; ONNX allows it);
+    - random ops without a ``seed`` get one derived from their output's name, so that the original
+      and the folded model, whose random ops the fold never touches, draw the same numbers.
+    """
+    seen: set[str] = set()
+    for graph in _graphs(model):
+        _strip_empty_trailing_outputs(graph)
+        for node in graph.node:
+            if node.name and node.name in seen:
+                k = 1
+                while f"{node.name}#{k}" in seen:
+                    k += 1
+                node.name = f"{node.name}#{k}"
+            seen.add(node.name)
+            if node.op_type in RANDOM_OPS and node.domain in ("", "ai.onnx") and node.output \
+                    and not any(a.name == "seed" for a in node.attribute):
+                node.attribute.append(onnx.helper.make_attribute("seed", float(zlib.crc32(node.output[0].encode()) % (1 << 24))))
+    return model
+
+
+def _graphs(model: onnx.ModelProto):
+    """The main graph, every function body and every subgraph, depth first."""
+    stack: list = [model.graph, *model.functions]
+    while stack:
+        graph = stack.pop()
+        yield graph
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    stack.append(attr.g)
+                stack.extend(attr.graphs)
 
 
 def make_inputs(model: onnx.ModelProto, shapes: dict[str, list[int]], seed: int,
@@ -90,7 +134,9 @@ def _reference_batchnorm():
 
     onnx.reference 1.23 applies batch statistics to every BN before opset 14 (it defaults
     is_test/training to on), which would make a correct fold look wrong. Here: training mode when
-    ``training_mode=1`` or a statistics output is declared (the pre-14 rule), inference otherwise.
+    ``training_mode=1`` or a statistics output is declared (the pre-14 rule), inference otherwise,
+    computed exactly (float64, rounded once to X's dtype: onnx adds its float32 epsilon to a
+    float32 variance even for float64 data, 1e-7 off where the float64 tolerance is 1e-9).
     """
     from onnx.reference.op_run import OpRun
 
@@ -103,9 +149,10 @@ def _reference_batchnorm():
             mom = 0.9 if momentum is None else momentum
             declared = [o for o in self.onnx_node.output[1:] if o]
             shape = (1, -1) + (1,) * (x.ndim - 2)
-            if not (training_mode or declared):
-                y = (x - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + eps)
-                return ((y * scale.reshape(shape) + bias.reshape(shape)).astype(x.dtype),)
+            if not (training_mode or declared):  # exact: float64, rounded once to X's dtype
+                f = [np.asarray(a, dtype=np.float64).reshape(shape) for a in (scale, bias, mean, var)]
+                y = (x.astype(np.float64) - f[2]) / np.sqrt(f[3] + float(eps)) * f[0] + f[1]
+                return (y.astype(x.dtype),)
             axes = (0,) + tuple(range(2, x.ndim))
             batch_mean, batch_var = x.mean(axis=axes), x.var(axis=axes)
             y = (x - batch_mean.reshape(shape)) / np.sqrt(batch_var.reshape(shape) + eps)
@@ -117,68 +164,122 @@ def _reference_batchnorm():
     return BatchNormalization
 
 
+def reference_evaluator(model: onnx.ModelProto):
+    """onnx.reference for ``model`` with bnfold's BatchNormalization (``_reference_batchnorm``),
+    in model-local functions too: onnx builds a function's evaluator with its own class and no
+    ``new_ops``, so the class itself has to bring them."""
+    from onnx.reference import ReferenceEvaluator
+
+    bn = _reference_batchnorm()
+
+    class Evaluator(ReferenceEvaluator):
+        def __init__(self, proto, *args, new_ops=None, **kwargs):
+            super().__init__(proto, *args, new_ops=[bn] if new_ops is None else new_ops, **kwargs)
+
+    return Evaluator(model)
+
+
 def defaulted(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> list[str]:
     """Inputs whose symbolic dimensions were set to 1 (no ``--input-shape`` for them)."""
     return [vi.name for vi in real_inputs(model) if vi.name not in shapes
             and any(is_symbolic(d) for d in vi.type.tensor_type.shape.dim)]
 
 
-def run_pair(original, folded, feeds, progress: str, symbolic: list[str] = ()) -> tuple[str, list, list]:
-    """Outputs of both models with the same backend: onnxruntime, or onnx.reference where ORT has no kernel."""
-    try:
-        _progress(progress, "creating an onnxruntime session for the original model")
-        sessions = [_ort_session(original)]
-        _progress(progress, "creating an onnxruntime session for the folded model")
-        sessions.append(_ort_session(folded))
-        backend = "onnxruntime (CPU, ORT_DISABLE_ALL)"
-        ort_feeds = {k: v for k, v in feeds.items() if v.dtype.name != "bfloat16"}
-        if len(ort_feeds) != len(feeds):
-            raise RuntimeError("NOT_IMPLEMENTED: bfloat16 inputs")
-    except Exception as exc:
-        if not _no_kernel(exc):
-            raise CannotRun(f"onnxruntime cannot load the model: {' '.join(str(exc).split())[:300]}") from None
-        from onnx.reference import ReferenceEvaluator
+class Backend:
+    """Runs models with onnxruntime (CPU, ORT_DISABLE_ALL), or with onnx.reference where
+    onnxruntime has no kernel for the original; both models always run on the same backend."""
 
-        bn = _reference_batchnorm()
-        sessions = [ReferenceEvaluator(original, new_ops=[bn]), ReferenceEvaluator(folded, new_ops=[bn])]
-        backend = "onnx.reference (onnxruntime has no kernel for this model)"
-        ort_feeds = feeds
-    results = []
-    for which, session in zip(("original", "folded"), sessions):
-        _progress(progress, f"running the {which} model ({backend})")
+    ONNXRUNTIME = "onnxruntime (CPU, ORT_DISABLE_ALL)"
+    REFERENCE = "onnx.reference (onnxruntime has no kernel for this model)"
+
+    def __init__(self, original: onnx.ModelProto, feeds: dict[str, np.ndarray], progress: str):
+        self.progress = progress
+        self.name = self.ONNXRUNTIME
         try:
-            results.append(session.run(None, ort_feeds))
+            if any(v.dtype.name == "bfloat16" for v in feeds.values()):
+                raise RuntimeError("NOT_IMPLEMENTED: bfloat16 inputs")
+            self.first = self.session(original, "original")
+        except Exception as exc:
+            if not _no_kernel(exc):
+                raise CannotRun(f"onnxruntime cannot load the model: {' '.join(str(exc).split())[:300]}") from None
+            self.name = self.REFERENCE
+            self.first = self.session(original, "original")
+
+    @property
+    def reference(self) -> bool:
+        return self.name == self.REFERENCE
+
+    def session(self, model: onnx.ModelProto, which: str):
+        """A new session for ``model`` on this backend."""
+        if self.reference:
+            return reference_evaluator(model)
+        _progress(self.progress, f"creating an onnxruntime session for the {which} model")
+        return _ort_session(model)
+
+    def run(self, session, feeds: dict[str, np.ndarray], which: str, symbolic: list[str] = ()) -> list:
+        _progress(self.progress, f"running the {which} model ({self.name})")
+        try:
+            return session.run(None, feeds)
         except Exception as exc:
             hint = ""
             if symbolic:
                 hint = f" (symbolic dimensions of {', '.join(symbolic)} were set to 1; pass --input-shape NAME=DIMxDIM...)"
             raise CannotRun(f"running the {which} model failed: {' '.join(str(exc).split())[:300]}{hint}") from None
-    return backend, results[0], results[1]
+
+
+def undetermined(backend: Backend, original: onnx.ModelProto, feeds, first: dict[str, np.ndarray]) -> dict[str, float]:
+    """Outputs of the original that a second run (in a new session) does not reproduce
+    exactly: name -> largest difference between the two runs (NaN positions must agree too)."""
+    again = backend.run(backend.session(original, "original (again)"), feeds, "original (again)")
+    moved = {}
+    for (name, a), b in zip(first.items(), again):
+        a, b = np.asarray(a), np.asarray(b)
+        if a.shape != b.shape or not np.array_equal(a, b, equal_nan=np.issubdtype(a.dtype, np.inexact)):
+            same = a.shape == b.shape and np.issubdtype(a.dtype, np.number)
+            diff = np.abs(a.astype(np.float64) - b.astype(np.float64)) if same else np.array([np.inf])
+            finite = diff[np.isfinite(diff)]
+            moved[name] = float(finite.max()) if finite.size and finite.size == diff.size else float("inf")
+    return moved
 
 
 def compare(name: str, ref: np.ndarray, got: np.ndarray, atol: float | None, rtol: float | None) -> dict:
-    """Max abs/rel error of ``got`` against ``ref`` and whether every element is within tolerance."""
+    """Errors of ``got`` against ``ref`` and whether every element is within tolerance.
+
+    Finite elements of ``ref`` are compared with ``|got - ref| <= atol + rtol * |ref|``; a NaN or
+    an infinity of ``ref`` must be the same in ``got``. ``max_abs``/``max_rel`` are taken over the
+    finite elements of ``ref`` (NaN when it has none: nothing numeric was compared), ``max_ref`` is
+    its largest finite ``|value|`` (NaN when none). Booleans and integers must match exactly.
+    ``informative``: a wrong fold could show here, i.e. some finite ``|value|`` exceeds the
+    dtype's default atol (not an override: a loose --atol does not make outputs uninformative),
+    or, for booleans, both values occur.
+    """
     ref, got = np.asarray(ref), np.asarray(got)
     dtype = ref.dtype.name
     tol = tolerance_for(dtype, atol, rtol)
     result = {"name": name, "dtype": dtype, "shape": list(ref.shape), "atol": tol.atol, "rtol": tol.rtol}
     if ref.shape != got.shape or ref.dtype != got.dtype:
-        return {**result, "max_abs": float("inf"), "max_rel": float("inf"), "passed": False}
+        return {**result, "max_abs": float("inf"), "max_rel": float("inf"), "passed": False, "max_ref": float("nan"),
+                "informative": True}
     if not (np.issubdtype(ref.dtype, np.number) or dtype == "bfloat16"):
         equal = bool(np.array_equal(ref, got))
-        return {**result, "max_abs": 0.0 if equal else float("inf"), "max_rel": 0.0 if equal else float("inf"), "passed": equal}
+        varies = ref.size > 0 and len(np.unique(ref)) > 1
+        return {**result, "max_abs": 0.0 if equal else float("inf"), "max_rel": 0.0 if equal else float("inf"),
+                "passed": equal, "max_ref": float(varies), "informative": varies}
     r, g = ref.astype(np.float64), got.astype(np.float64)
-    both_nan = np.isnan(r) & np.isnan(g)
-    same_inf = np.isinf(r) & (r == g)
-    diff = np.where(both_nan | same_inf, 0.0, np.abs(g - r))
-    diff = np.where(np.isnan(diff), np.inf, diff)
-    max_abs = float(diff.max()) if diff.size else 0.0
-    big = np.abs(r) > tol.atol
-    max_rel = float((diff[big] / np.abs(r[big])).max()) if np.any(big) else 0.0
-    passed = bool(np.all(diff <= tol.atol + tol.rtol * np.abs(np.nan_to_num(r))))
-    finite = np.abs(r[np.isfinite(r)])
-    max_ref = float(finite.max()) if finite.size else float("nan")
-    return {**result, "max_abs": max_abs, "max_rel": max_rel, "passed": passed, "max_ref": max_ref}
+    finite = np.isfinite(r)
+    special_kept = bool(np.all(np.where(np.isnan(r), np.isnan(g), r == g)[~finite]))
+    diff = np.abs(g[finite] - r[finite])
+    diff = np.where(np.isnan(diff), np.inf, diff)  # NaN in got where ref is finite: as far off as can be
+    scale = np.abs(r[finite])
+    passed = special_kept and bool(np.all(diff <= tol.atol + tol.rtol * scale))
+    if not diff.size:  # nothing finite to compare
+        return {**result, "max_abs": float("nan"), "max_rel": float("nan"), "passed": passed, "max_ref": float("nan"),
+                "informative": False}
+    big = scale > tol.atol
+    max_rel = float((diff[big] / scale[big]).max()) if np.any(big) else 0.0
+    max_ref = float(scale.max())
+    return {**result, "max_abs": float(diff.max()), "max_rel": max_rel, "passed": passed, "max_ref": max_ref,
+            "informative": max_ref > tolerance_for(dtype).atol}
 
 
 def main(request_path: str) -> int:
@@ -188,24 +289,28 @@ def main(request_path: str) -> int:
     try:
         _progress(req["progress"], "loading the models")
         # onnx.load would read a side file's tensors with no length to the end of the file
-        original, folded = load_runnable(req["original"]), load_runnable(req["folded"])
-        for model in (original, folded):
-            _strip_empty_trailing_outputs(model.graph)
-            for function in model.functions:
-                _strip_empty_trailing_outputs(function)
+        original = prepare_for_runtime(load_runnable(req["original"]))
+        folded = prepare_for_runtime(load_runnable(req["folded"]))
         feeds = make_inputs(original, req["input_shapes"], req["seed"], req["label"])
         report["inputs"] = {k: list(v.shape) for k, v in feeds.items()}
-        backend, ref, got = run_pair(original, folded, feeds, req["progress"],
-                                     defaulted(original, req["input_shapes"]))
-        report["backend"] = backend
-        ref = dict(zip((o.name for o in original.graph.output), ref))
-        got = dict(zip((o.name for o in folded.graph.output), got))
+        symbolic = defaulted(original, req["input_shapes"])
+        backend = Backend(original, feeds, req["progress"])
+        report["backend"] = backend.name
+        ref = dict(zip((o.name for o in original.graph.output), backend.run(backend.first, feeds, "original", symbolic)))
+        got_list = backend.run(backend.session(folded, "folded"), feeds, "folded", symbolic)
+        got = dict(zip((o.name for o in folded.graph.output), got_list))
         if set(ref) != set(got):
             raise CannotRun(f"the models' outputs differ: original {sorted(ref)}, folded {sorted(got)}")
         empty = [name for name, value in ref.items() if np.asarray(value).size == 0]
         if empty:
             raise CannotRun(f"output '{empty[0]}' has no elements with these input shapes: nothing to compare")
         report["outputs"] = [compare(n, ref[n], got[n], req["atol"], req["rtol"]) for n in ref]
+        if not all(o["passed"] for o in report["outputs"]):
+            # A difference proves a wrong fold only if the original reproduces itself.
+            moved = undetermined(backend, original, feeds, ref)
+            for out in report["outputs"]:
+                out["nondeterministic"] = out["name"] in moved
+                out["self_diff"] = moved.get(out["name"], 0.0)
     except CannotRun as exc:
         report["error"] = str(exc)
     except BnfoldError as exc:  # unusable file or input shape: the parent raises it, nothing ran

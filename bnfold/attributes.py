@@ -43,6 +43,11 @@ def str_attr(node: gs.Node, name: str, default: str) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def is_reference(node: gs.Node, name: str) -> bool:
+    """Whether attribute ``name`` of ``node`` is a reference to the function's attribute."""
+    return isinstance(node.attrs.get(name), gs.Node.AttributeRef)
+
+
 def has_reference(node: gs.Node) -> str | None:
     """The name of the first attribute of ``node`` that is a reference, if any."""
     return next((k for k, v in node.attrs.items() if isinstance(v, gs.Node.AttributeRef)), None)

@@ -101,6 +101,7 @@ class ModelState:
 
     names: Names
     node_names: Names
+    ir_version: int
     base_dir: str | None = None  # where tensors with external data are read from (a lazily read model)
     constants: dict[int, tuple[gs.Tensor, np.ndarray]] = field(default_factory=dict)
     owner: dict[int, FoldGraph] = field(default_factory=dict)  # node id -> the scope it belongs to
@@ -121,6 +122,9 @@ class FoldGraph:
         self.proto = proto  # this scope in the model being folded: new weights are written there at once
         # This scope's own dense initializers (a sparse one is never rewritten under its name).
         self._initializers = {t.name for t in proto.initializer} if kind == "graph" else set()
+        # Where new constants can be initializers: not in functions, and not in the subgraphs of an
+        # IR-3 model, where every initializer must be a graph input (a Loop body's inputs are fixed).
+        self._holds_initializers = kind == "graph" and (path == () or state.ir_version >= 4)
         self._initializer_index: dict[str, int] | None = None
         ns.outputs.update(t.name for t in graph.outputs)
         self._input_names = {t.name for t in graph.inputs}
@@ -211,14 +215,14 @@ class FoldGraph:
 
     def _constant(self, name: str, values: np.ndarray) -> gs.Tensor:
         values = np.asarray(values)
-        if self.kind == "graph":
+        if self._holds_initializers:
             # Written into the model at once, so the array can go: one copy of the new weights.
             self._initializers.add(name)
             constant = gs.Constant(name, values)
             _export_constant(self._initializer_proto(name), constant)
             self._new_initializers[name] = (values.dtype, values.shape)
             return constant
-        # Functions have no initializers: the value becomes a Constant node at the top of the body.
+        # Otherwise the value becomes a Constant node at the top of the body.
         tensor = gs.Variable(name, dtype=values.dtype, shape=list(values.shape))
         node = gs.Node("Constant", self.state.node_names.fresh(f"{name}_constant"),
                        attrs={"value": gs.Constant(name, values)}, outputs=[tensor])
@@ -492,7 +496,7 @@ class ModelGraphs:
         for function in model.functions:
             _all_names(function, names, node_names)
         main = gs.import_onnx(model)
-        self.state = ModelState(Names(names), Names(node_names), base_dir)
+        self.state = ModelState(Names(names), Names(node_names), model.ir_version, base_dir)
         self.scopes: list[FoldGraph] = []
         opset = int(main.opset)
         self._add_scope(main, model.graph, Namespace(overridable_inputs(model)), opset, "main", "graph", ())

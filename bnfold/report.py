@@ -76,9 +76,13 @@ def render(report: Report, console: Console) -> None:
                           f"{o.rtol:g}", "yes" if o.passed else "[red]NO[/]")
         console.print(table)
         for o in v.outputs:
-            if o.uninformative:
-                console.print(f"[yellow]Note[/]: output '{o.name}' is within atol of zero everywhere on these "
-                              "random inputs, so its comparison proves little (random weights? try --seed or real data).")
+            if o.nondeterministic:
+                console.print(f"[yellow]Note[/]: output '{o.name}' is not deterministic: two runs of the original "
+                              f"differ by up to {o.self_diff:.3g}, so it was not compared.")
+            elif o.uninformative:
+                what = "not finite anywhere" if o.max_ref != o.max_ref else "within atol of zero everywhere"
+                console.print(f"[yellow]Note[/]: output '{o.name}' is {what} on these random inputs, so its "
+                              "comparison proves little (random weights? try --seed or real data).")
 
     table = Table(title="Model", title_justify="left")
     for col in ("", "before", "after", "change"):

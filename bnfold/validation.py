@@ -28,10 +28,13 @@ from .tolerances import check_tolerances
 
 @dataclass(frozen=True)
 class OutputComparison:
-    """Errors of one graph output. ``max_rel`` is taken over elements with ``|original| > atol``.
+    """Errors of one graph output, over the elements that are finite in the original (NaN and
+    infinities must be the same in both). ``max_rel`` is taken over elements with ``|original| > atol``.
 
-    ``max_ref`` is the largest ``|original|`` value: when it is within ``atol`` the output is
-    (nearly) zero on these inputs and a pass proves little.
+    ``max_ref`` is the largest finite ``|original|`` value (NaN: no finite element). The output is
+    ``informative`` when a wrong fold could show in it: ``max_ref`` above the dtype's default atol
+    (booleans: both values occur). An uninformative output passes whatever the fold did. ``nondeterministic``: a second run of the original
+    did not reproduce this output (by up to ``self_diff``), so it was not held against the fold.
     """
 
     name: str
@@ -43,18 +46,23 @@ class OutputComparison:
     rtol: float
     passed: bool
     max_ref: float = float("nan")
+    informative: bool = True
+    nondeterministic: bool = False
+    self_diff: float = 0.0
 
     @property
     def uninformative(self) -> bool:
-        return self.max_ref <= self.atol
+        return not self.informative
 
 
 @dataclass
 class ValidationResult:
     """Outcome of ``validate``.
 
-    ``passed`` is True only when both models ran and every output is within tolerance. When they
-    could not be run, ``error`` says why and ``passed`` is False.
+    ``passed`` is True only when both models ran and every output is within tolerance, apart from
+    outputs the original does not reproduce itself (``nondeterministic``), and at least one of the
+    compared outputs is informative (not zero or non-finite everywhere: there a wrong fold would
+    pass too). Otherwise ``passed`` is False and, unless an output differed, ``error`` says why.
     """
 
     passed: bool
@@ -65,7 +73,10 @@ class ValidationResult:
     error: str | None = None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Plain data for JSON; non-finite errors as strings (``bnfold.jsonout``)."""
+        from .jsonout import jsonable
+
+        return jsonable(asdict(self))
 
 
 def failure_reason(error: str | None) -> str:
@@ -167,5 +178,14 @@ def _crash_message(proc: subprocess.CompletedProcess, progress_path: str) -> str
 def _judge(raw: dict, seed: int) -> ValidationResult:
     outputs = [OutputComparison(**out) for out in raw.get("outputs", [])]
     error = raw.get("error")
-    passed = error is None and bool(outputs) and all(o.passed for o in outputs)
+    compared = [o for o in outputs if not o.nondeterministic]
+    if error is None and outputs and not compared:
+        worst = max(outputs, key=lambda o: o.self_diff)
+        error = (f"the original model is not deterministic: two runs of it differ (output '{worst.name}' by "
+                 f"{worst.self_diff:.3g}), so its outputs cannot be compared with the folded model's")
+    elif error is None and compared and all(o.uninformative for o in compared) and all(o.passed for o in compared):
+        names = ", ".join(f"'{o.name}'" for o in compared)
+        error = (f"nothing was proven: every output ({names}) is zero or not finite everywhere on these inputs, "
+                 "where a wrong fold would look the same; try other --input-shape or --seed values")
+    passed = error is None and bool(compared) and all(o.passed for o in compared)
     return ValidationResult(passed, outputs, raw.get("backend", ""), raw.get("inputs", {}), seed, error)

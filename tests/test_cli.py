@@ -30,7 +30,8 @@ SAMPLES = ["resnet_stack.onnx", "depthwise_block.onnx", "conv1d_bn.onnx"]
 JSON_KEYS = {"input", "output", "written", "ok", "folds", "refusals", "validation", "before", "after", "seconds",
              "bench"}
 VALIDATION_KEYS = {"passed", "outputs", "backend", "inputs", "seed", "error"}
-OUTPUT_KEYS = {"name", "dtype", "shape", "max_abs", "max_rel", "atol", "rtol", "passed", "max_ref"}
+OUTPUT_KEYS = {"name", "dtype", "shape", "max_abs", "max_rel", "atol", "rtol", "passed", "max_ref", "informative",
+               "nondeterministic", "self_diff"}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -782,3 +782,32 @@ def test_assert_equivalent_catches_a_wrong_fold():
     bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias) + np.float32(0.01), "B"))
     with pytest.raises(AssertionError, match="changed by folding"):
         assert_equivalent(model, folded)
+
+
+@pytest.mark.parametrize("ir_version, opset", [(3, 8), (8, 17)], ids=["ir3", "ir8"])
+def test_a_fold_inside_a_subgraph_keeps_the_model_valid(ir_version, opset):
+    """New constants of a subgraph are initializers of the subgraph, except in IR 3, where every
+    initializer must also be a graph input and an If/Loop body's inputs are fixed: Constant nodes."""
+    base = conv_bn_model(ir_version=ir_version, opset=opset)
+    if ir_version < 4:  # the branch weights, initializers of the main graph, are its inputs too
+        listed = {i.name for i in base.graph.input}
+        inner = conv_bn_model(seed=3)
+        base.graph.input.extend(helper.make_tensor_value_info(f"{t.name}_in", t.data_type, list(t.dims))
+                                for t in inner.graph.initializer if f"{t.name}_in" not in listed)
+    model = with_if_running_conv_bn(base)
+    result = bnfold.fold(model)
+    assert {(f.node, f.graph) for f in result.folds} == {("bn", "main"), ("then_bn", "if/then_branch"),
+                                                       ("else_bn", "if/else_branch")}
+    folded = result.model
+    check_full(folded)
+    if_node = next(n for n in folded.graph.node if n.op_type == "If")
+    then = next(a.g for a in if_node.attribute if a.name == "then_branch")
+    if ir_version < 4:
+        assert len(then.initializer) == 0
+        assert [n.op_type for n in then.node] == ["Constant", "Constant", "Conv"]
+    else:
+        assert len(then.initializer) == 2 and [n.op_type for n in then.node] == ["Conv"]
+    for cond in (True, False):
+        feeds = {**random_feeds(model), "cond": np.array(cond)}
+        expected, got = run_ort(model, feeds), run_ort(folded, feeds)
+        np.testing.assert_allclose(got["if_out"], expected["if_out"], rtol=1e-3, atol=1e-4)

@@ -234,3 +234,30 @@ def test_a_loop_body_inside_a_function_is_scanned_and_outer_function_constants_c
     assert [(f.node, f.graph) for f in result.folds] == [("lbn", "function local.L/loop/body")]
     check_full(result.model)
     assert_same_outputs(model, result.model)
+
+
+def test_a_gemm_without_c_folds_even_when_its_beta_is_a_reference():
+    """beta only scales C: without one its value does not matter, and the new C needs beta = 1,
+    written over the reference (reading it in the rewrite escaped as an exception)."""
+    rng = np.random.default_rng(10)
+    gemm = helper.make_node("Gemm", ["x", "B"], ["y"], name="gemm")
+    gemm.attribute.append(_ref("beta", A.FLOAT))
+    consts = {"B": rng.standard_normal((2, C)), "g": rng.uniform(0.5, 1.5, C), "b": rng.standard_normal(C),
+              "m": rng.standard_normal(C), "v": rng.uniform(0.5, 2.0, C)}
+    body = [*(helper.make_node("Constant", [], [k], value=numpy_helper.from_array(v.astype(np.float32), k))
+              for k, v in consts.items()),
+            gemm, helper.make_node("BatchNormalization", ["y", "g", "b", "m", "v"], ["z"], name="bn")]
+    graph = helper.make_graph([_call("G", "z1", beta=0.5)], "g", [helper.make_tensor_value_info("x", F, [3, 2])],
+                              [helper.make_tensor_value_info("z1", F, [3, C])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("local", 1)],
+                              functions=[_function("G", body, attributes=["beta"])], ir_version=10)
+    check_full(model)
+    result = bnfold.fold(model)
+    assert [(f.rule, f.node) for f in result.folds] == [("gemm-bn", "bn")]
+    folded = result.model
+    check_full(folded)
+    [gemm] = [n for n in folded.functions[0].node if n.op_type == "Gemm"]
+    beta = next(a for a in gemm.attribute if a.name == "beta")
+    assert not beta.ref_attr_name and beta.f == 1.0 and len(gemm.input) == 3
+    feeds = {"x": np.random.default_rng(11).standard_normal((3, 2)).astype(np.float32)}
+    np.testing.assert_allclose(run_ort(folded, feeds)["z1"], run_ort(model, feeds)["z1"], atol=1e-5, rtol=1e-4)

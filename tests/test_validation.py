@@ -303,7 +303,7 @@ def test_same_seed_same_numbers_other_seed_other_inputs(pair, correct):
 
 
 def test_max_ref_reports_the_size_of_the_original_output():
-    """A pass on outputs that are zero everywhere proves little: the result says how big they were."""
+    """Outputs that are zero everywhere prove nothing: the result says how big they were and fails."""
     model = builders.conv_bn_model()
     folded = bnfold.fold(model).model
     result = bnfold.validate(model, folded)
@@ -315,4 +315,193 @@ def test_max_ref_reports_the_size_of_the_original_output():
         if tensor.name in ("bn_scale", "bn_bias"):
             tensor.CopyFrom(onnx.numpy_helper.from_array(np.zeros(tensor.dims, np.float32), tensor.name))
     result = bnfold.validate(zeroed, bnfold.fold(zeroed).model)
-    assert result.passed and result.outputs[0].max_ref == 0.0 and result.outputs[0].uninformative
+    assert not result.passed and result.outputs[0].max_ref == 0.0 and result.outputs[0].uninformative
+    assert result.outputs[0].passed  # within tolerance, and that is the point: so is any wrong fold
+    assert result.error.startswith("nothing was proven: every output ('Y') is zero or not finite everywhere")
+
+
+# -- honest reports (issue 14, class 11) -----------------------------------------------------------------
+
+
+def with_extra_output(model: onnx.ModelProto, nodes: list[onnx.NodeProto], name: str, dims) -> onnx.ModelProto:
+    """``model`` plus ``nodes`` computing the new graph output ``name`` (float, ``dims``)."""
+    model = copy.deepcopy(model)
+    model.graph.node.extend(nodes)
+    model.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, dims))
+    return model
+
+
+def nan_output_model() -> onnx.ModelProto:
+    """conv_bn_model, its output Y replaced by NaN = sqrt(-(|Y| + 1)) everywhere."""
+    model = builders.conv_bn_model()
+    y = model.graph.output[0]
+    dims = [d.dim_value for d in y.type.tensor_type.shape.dim]
+    model.graph.initializer.append(numpy_helper.from_array(np.array(1.0, np.float32), "one"))
+    model.graph.node.extend([helper.make_node("Abs", [y.name], ["a"]), helper.make_node("Add", ["a", "one"], ["a1"]),
+                             helper.make_node("Neg", ["a1"], ["n"]), helper.make_node("Sqrt", ["n"], ["nan"])])
+    del model.graph.output[:]
+    model.graph.output.append(helper.make_tensor_value_info("nan", onnx.TensorProto.FLOAT, dims))
+    return model
+
+
+def test_an_output_nan_everywhere_proves_nothing_even_against_a_wrong_fold():
+    model = nan_output_model()
+    folded = bnfold.fold(model).model
+    wrong = perturbed(folded, folded_weight_name(folded), delta=100.0)  # 100x off: NaN all the same
+    for candidate in (folded, wrong):
+        result = bnfold.validate(model, candidate)
+        (out,) = result.outputs
+        assert out.uninformative and np.isnan(out.max_abs) and np.isnan(out.max_ref)
+        assert not result.passed
+        assert result.error.startswith("nothing was proven: every output ('nan') is zero or not finite")
+
+
+def test_nan_where_the_original_is_finite_is_a_difference():
+    model = builders.conv_bn_model()
+    folded = bnfold.fold(model).model
+    y = folded.graph.output[0].name
+    broken = copy.deepcopy(folded)  # the folded model's output made NaN where it was negative
+    for node in broken.graph.node:
+        node.output[:] = [f"{o}_pre" if o == y else o for o in node.output]
+    broken.graph.node.extend([helper.make_node("Sqrt", [f"{y}_pre"], ["s"]), helper.make_node("Mul", ["s", "s"], [y])])
+    result = bnfold.validate(model, broken)
+    assert not result.passed and result.error is None
+    assert result.outputs[0].max_abs == float("inf")
+
+
+def test_an_informative_output_beside_a_nan_one_decides():
+    model = with_extra_output(builders.conv_bn_model(), [
+        helper.make_node("Abs", ["Y"], ["a"]), helper.make_node("Neg", ["a"], ["n"]),
+        helper.make_node("Sqrt", ["n"], ["half_nan"])], "half_nan", [1, 8, 6, 6])
+    folded = bnfold.fold(model).model
+    result = bnfold.validate(model, folded)
+    assert result.passed, result.error
+    assert [o.uninformative for o in result.outputs] == [False, True]  # sqrt(-|Y|): NaN, or 0 where Y = 0
+    wrong = perturbed(folded, folded_weight_name(folded))
+    assert not bnfold.validate(model, wrong).passed
+
+
+def random_op_model(seeded: bool) -> onnx.ModelProto:
+    """conv_bn_model with noise from RandomNormalLike added to its output (unseeded unless ``seeded``)."""
+    model = builders.conv_bn_model()
+    y = model.graph.output[0].name
+    attrs = {"seed": 3.0} if seeded else {}
+    for node in model.graph.node:
+        node.output[:] = [f"{o}_clean" if o == y else o for o in node.output]
+    model.graph.node.extend([helper.make_node("RandomNormalLike", [f"{y}_clean"], ["noise"], scale=0.01, **attrs),
+                             helper.make_node("Add", [f"{y}_clean", "noise"], [y])])
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+@pytest.mark.parametrize("seeded", [False, True], ids=["unseeded", "seeded"])
+def test_random_ops_draw_the_same_numbers_in_both_models(seeded):
+    """The runtime's generator is seeded alike for every session: an exact fold of a model with
+    unseeded random ops passes (it was refused as "outputs differ"), and a wrong one still fails."""
+    model = random_op_model(seeded)
+    folded = bnfold.fold(model).model
+    assert [n.op_type for n in folded.graph.node] == ["Conv", "RandomNormalLike", "Add"]
+    result = bnfold.validate(model, folded)
+    assert result.passed, (result.error, result.outputs)
+    assert result.outputs[0].max_abs < 1e-4
+    assert not bnfold.validate(model, perturbed(folded, folded_weight_name(folded))).passed
+
+
+def test_a_model_that_does_not_reproduce_itself_is_reported_as_such(monkeypatch):
+    """A difference counts against the fold only when a second run of the original reproduces the
+    first; otherwise the report says the model is not deterministic, not that outputs differ."""
+    import bnfold._validate_worker as worker
+
+    model = builders.conv_bn_model()
+    folded = bnfold.fold(model).model
+    raw = {"backend": "b", "inputs": {}, "outputs": [
+        {**worker.compare("Y", np.ones(3), np.full(3, 1.1), None, None), "nondeterministic": True, "self_diff": 0.0045}]}
+    judged = bnfold.validation._judge(raw, seed=0)
+    assert not judged.passed
+    assert judged.error == ("the original model is not deterministic: two runs of it differ (output 'Y' by 0.0045), "
+                            "so its outputs cannot be compared with the folded model's")
+    del model, folded
+
+
+def test_json_of_a_validation_is_strict(tmp_path):
+    """NaN and infinite errors are strings: a strict parser (no NaN/Infinity tokens) reads the document."""
+    import json
+
+    from click.testing import CliRunner
+
+    from bnfold.cli import cli
+
+    model = with_extra_output(builders.conv_bn_model(), [
+        helper.make_node("Abs", ["Y"], ["a"]), helper.make_node("Neg", ["a"], ["n"]),
+        helper.make_node("Sqrt", ["n"], ["half_nan"]), helper.make_node("IsNaN", ["half_nan"], ["mask"])],
+        "half_nan", [1, 8, 6, 6])
+    model.graph.output.append(helper.make_tensor_value_info("mask", onnx.TensorProto.BOOL, [1, 8, 6, 6]))
+    src = tmp_path / "m.onnx"
+    onnx.save(model, src)
+    result = CliRunner().invoke(cli, ["optimize", str(src), "--json"], prog_name="bnfold")
+    assert result.exit_code == 0, result.stderr
+
+    def refuse(token):
+        raise ValueError(f"non-standard JSON token {token}")
+
+    doc = json.loads(result.stdout, parse_constant=refuse)
+    outputs = {o["name"]: o for o in doc["validation"]["outputs"]}
+    assert set(outputs) == {"Y", "half_nan", "mask"} and all(o["passed"] for o in outputs.values())
+
+
+# -- what the worker runs: the same computation in a form every runtime takes -------------------------------
+
+
+def test_repeated_node_names_do_not_stop_validation():
+    """ONNX allows two nodes of one name, onnxruntime refuses them: the worker's copies get unique ones."""
+    model = builders.conv_bn_model(bn_count=2)
+    for node in model.graph.node:
+        node.name = "same"
+    onnx.checker.check_model(model, full_check=True)
+    folded = bnfold.fold(model).model
+    result = bnfold.validate(model, folded)
+    assert result.passed, result.error
+    assert result.backend.startswith("onnxruntime")
+
+
+def test_a_float64_model_with_float32_bn_parameters_validates_exactly():
+    """onnx.reference adds its float32 epsilon to a float32 variance even for float64 data (1e-7 off,
+    where float64's tolerance is 1e-9): the worker's reference BN computes exactly."""
+    model = builders.conv_bn_model(dtype=np.float64, opset=15)
+    for tensor in model.graph.initializer:
+        if tensor.name.startswith("bn_"):
+            tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float32), tensor.name))
+    onnx.checker.check_model(model, full_check=True)
+    folded = bnfold.fold(model).model
+    result = bnfold.validate(model, folded)
+    assert result.backend.startswith("onnx.reference")
+    assert result.passed, (result.error, result.outputs)
+    assert result.outputs[0].max_abs < 1e-12
+    assert not bnfold.validate(model, perturbed(folded, folded_weight_name(folded), delta=1e-6)).passed
+
+
+def test_the_reference_bn_applies_inside_local_functions():
+    """onnx.reference builds a function's evaluator without the worker's operators; ours brings them.
+    At opset 13 onnx's own BN would use batch statistics there and fail a correct fold."""
+    model = onnx.parser.parse_model("""
+        <ir_version: 8, opset_import: ["" : 13, "local" : 1]>
+        g (double[1, 2, 4] X) => (double[1, 2, 4] Y) {
+            Y = local.conv_bn (X)
+        }
+        <domain: "local", opset_import: ["" : 13]>
+        conv_bn (x) => (y) {
+            w = Constant <value = double[2, 2, 1] {0.5, -1.0, 2.0, 0.25}> ()
+            s = Constant <value = double[2] {1.5, 0.5}> ()
+            b = Constant <value = double[2] {0.1, -0.2}> ()
+            m = Constant <value = double[2] {0.3, 0.7}> ()
+            v = Constant <value = double[2] {1.2, 0.8}> ()
+            c = Conv (x, w)
+            y = BatchNormalization (c, s, b, m, v)
+        }
+    """)
+    onnx.checker.check_model(model, full_check=True)
+    folded = bnfold.fold(model).model
+    assert "BatchNormalization" not in [n.op_type for n in folded.functions[0].node]
+    result = bnfold.validate(model, folded)
+    assert result.backend.startswith("onnx.reference")
+    assert result.passed, (result.error, result.outputs)

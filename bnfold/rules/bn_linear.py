@@ -152,9 +152,10 @@ class GemmInput(InputSide):
 
     def fold(self, linear: Linear, s: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         node = linear.node
-        # GemmKind.write sets beta to 1: the new C already carries beta.
+        # GemmKind.write sets beta to 1: the new C already carries beta (read only when there is a C).
+        beta = 1.0 if linear.bias is None else float_attr(node, "beta", 1.0)
         return fold_affine_into_gemm_input(linear.weight, linear.bias, s, t, float_attr(node, "alpha", 1.0),
-                                           float_attr(node, "beta", 1.0), self.trans_b(node))
+                                           beta, self.trans_b(node))
 
 
 class MatMulInput(InputSide):

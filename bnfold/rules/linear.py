@@ -26,7 +26,7 @@ from typing import ClassVar
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..attributes import float_attr, int_attr
+from ..attributes import float_attr, int_attr, is_reference
 from ..constants import ONNX_DOMAINS
 from ..errors import NoFold
 from ..foldmath import cast_checked, scale_along_axis, scale_cast_checked
@@ -203,8 +203,10 @@ class GemmKind(LinearKind):
 
     def write(self, folded: FoldedLinear, graph: FoldGraph) -> gs.Node:
         node = _replace_weight_and_bias(folded, graph)
-        if folded.bias is not None and float_attr(node, "beta", 1.0) != 1.0:
-            graph.set_attr(node, "beta", 1.0)  # beta is folded into the new C
+        # beta is folded into the new C. A reference to the function's beta means there was no C
+        # (folded_bias reads beta otherwise, and refuses a reference): the new C needs beta = 1.
+        if folded.bias is not None and (is_reference(node, "beta") or float_attr(node, "beta", 1.0) != 1.0):
+            graph.set_attr(node, "beta", 1.0)
         return node
 
 
