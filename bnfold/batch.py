@@ -2,9 +2,9 @@
 
 Three steps, each its own function: ``collect_jobs`` turns the command-line PATHs into jobs (one
 input file and where its result goes), reusing ``check.collect`` for folders and globs;
-``run_jobs`` folds each through ``pipeline.optimize`` (in this process, or in a process pool) and
-returns one ``Outcome`` per job, in input order; ``summary``, ``to_json`` and ``render_summary``
-report them.
+``run_jobs`` folds each through ``pipeline.optimize`` (in this process, or in worker processes,
+``bnfold.workers``) and returns one ``Outcome`` per job, in input order; ``summary``, ``to_json``
+and ``render_summary`` report them.
 
 Where results go:
 
@@ -21,20 +21,25 @@ error for the input whose result it is.
 
 Exit codes (``exit_code``): 2 when a PATH matched nothing or a file was unusable (the others are
 still folded); else 1 when a validation failed (nothing written for that file); else 0. A failed
-file never leaves a partial output: ``pipeline.optimize`` stages every write.
+file never leaves a partial output: ``pipeline.optimize`` stages every write (``bnfold.staging``).
+
+Interrupts and failures: on SIGINT, SIGTERM or SIGHUP (``bnfold.signals``) no job starts any
+more, the jobs in progress are rolled back (or finished, when their output was already moving
+into place), every job's Outcome says ``written``, ``rolled back`` or ``not started``, and the
+exit code is 128 + the signal's number. A worker that dies fails only the job it held, with the
+reason; its staging folder is swept and a new worker takes its place.
 """
 
 from __future__ import annotations
 
 import glob
-import multiprocessing
 import os
 import traceback
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import signals, staging
 from .check import collect
 from .errors import BnfoldError
 from .validation import failure_reason
@@ -42,6 +47,11 @@ from .validation import failure_reason
 FOLDED_SUFFIX = ".folded.onnx"
 
 OK, VALIDATION_FAILED, UNUSABLE = "ok", "validation failed", "unusable"
+#: A signal stopped the run: the job was in progress and was undone (nothing written), or never began.
+ROLLED_BACK, NOT_STARTED = "rolled back", "not started"
+#: ``Outcome.status`` as the ``--json`` document and the summary table spell it.
+STATUS_WORDS = {OK: "written", VALIDATION_FAILED: "validation failed", UNUSABLE: "unusable",
+                ROLLED_BACK: "rolled back", NOT_STARTED: "not started"}
 
 
 @dataclass(frozen=True)
@@ -72,24 +82,39 @@ class Options:
 
 @dataclass
 class Outcome:
-    """What happened to one job: the ``Report.to_dict()`` document, or the one-line error."""
+    """What happened to one job: the ``Report.to_dict()`` document, or the one-line error.
+
+    ``interrupted`` is set when a signal stopped the run before this job's report was made:
+    ROLLED_BACK, NOT_STARTED, or OK when its output had moved into place just before the signal
+    took effect (``output`` says where; there is no report).
+    """
 
     input: str
     report: dict | None = None
     error: str | None = None
     traceback: str | None = None
+    interrupted: str | None = None
+    output: str | None = None
 
     @property
     def status(self) -> str:
+        if self.interrupted is not None:
+            return self.interrupted
         if self.report is None:
             return UNUSABLE
         return OK if self.report["ok"] else VALIDATION_FAILED
 
+    @property
+    def written(self) -> bool:
+        return self.report["written"] if self.report is not None else self.interrupted == OK
+
     def to_dict(self) -> dict:
-        """The report document plus ``error`` (None); an unusable file gets the same core keys."""
+        """The report document plus ``error`` (None) and ``status`` (``STATUS_WORDS``); a file without
+        a report gets the same core keys."""
         if self.report is not None:
-            return {**self.report, "error": None}
-        return {"input": self.input, "output": None, "written": False, "ok": False, "error": self.error}
+            return {**self.report, "error": None, "status": STATUS_WORDS[self.status]}
+        return {"input": self.input, "output": self.output if self.written else None, "written": self.written,
+                "ok": self.written, "error": self.error, "status": STATUS_WORDS[self.status]}
 
 
 # -- collecting jobs -------------------------------------------------------------------------
@@ -103,8 +128,13 @@ def is_batch(paths: list[str] | tuple[str, ...]) -> bool:
     return os.path.isdir(path) or (not os.path.lexists(path) and glob.has_magic(path))
 
 
-def collect_jobs(paths, output_dir: str | os.PathLike | None = None, *, in_place: bool = False) -> list[Job]:
-    """One Job per input file named by ``paths`` (files, folders, globs), in order, each file once."""
+def collect_jobs(paths, output_dir: str | os.PathLike | None = None, *, in_place: bool = False,
+                 external_data: bool = False) -> list[Job]:
+    """One Job per input file named by ``paths`` (files, folders, globs), in order, each file once.
+
+    A job whose result's name (or its side file's, when it gets one: ``external_data``, or an
+    input with external data) is longer than the file system allows is an error (``staging.check_names``).
+    """
     out_root = Path(output_dir) if output_dir is not None else None
     out_real = os.path.realpath(out_root) if out_root is not None else None
     jobs: list[Job] = []
@@ -133,7 +163,23 @@ def collect_jobs(paths, output_dir: str | os.PathLike | None = None, *, in_place
         if searched and not kept and not any(item.error for item in found):
             why = "no .onnx file to fold in this folder" if os.path.isdir(arg) else "matches no file to fold"
             jobs.append(Job(arg, error=f"{arg}: {why} (*{FOLDED_SUFFIX} files and the output folder are skipped)"))
-    return _reject_collisions(jobs, in_place)
+    return [_check_names(j, in_place, external_data) for j in _reject_collisions(jobs, in_place)]
+
+
+def _check_names(job: Job, in_place: bool, external_data: bool) -> Job:
+    if job.error is None:
+        try:
+            staging.check_names(job.input, destination(job, in_place), external_data)
+        except BnfoldError as exc:
+            return Job(job.input, error=str(exc))
+    return job
+
+
+def destination(job: Job, in_place: bool) -> Path:
+    """Where a job's result goes (as ``pipeline.optimize`` decides it)."""
+    from .pipeline import default_output
+
+    return Path(os.path.realpath(job.input)) if in_place else Path(job.output or default_output(job.input))
 
 
 def _glob_base(pattern: str) -> str:
@@ -187,9 +233,8 @@ def _reject_collisions(jobs: list[Job], in_place: bool) -> list[Job]:
 def _written(job: Job, in_place: bool) -> list[str]:
     """The real paths a job writes: its result and the result's side file."""
     from .io import side_file
-    from .pipeline import default_output
 
-    dst = os.path.realpath(job.input) if in_place else job.output or default_output(job.input)
+    dst = destination(job, in_place)
     return [os.path.realpath(dst), os.path.realpath(side_file(dst))]
 
 
@@ -225,8 +270,19 @@ def _data_files(path: str) -> list[Path]:
 def fold_job(job: Job, options: Options, debug: bool = False) -> Outcome:
     """Run ``pipeline.optimize`` on one job; every error becomes the Outcome's one-line message.
 
-    Top-level so that a process pool can pickle it; returns plain data (the report as a dict).
+    Top-level so that a worker process can run it; returns plain data (the report as a dict). In
+    a worker, the parent's ``signals.ABORT`` stops it: the Outcome then says whether the output
+    was written before it took effect (OK) or rolled back.
     """
+    mark = staging.commit_count()
+    try:
+        with signals.abortable():
+            return _fold(job, options, debug)
+    except signals.Interrupted:
+        return _cut_short(job, options, mark)
+
+
+def _fold(job: Job, options: Options, debug: bool) -> Outcome:
     if job.error:
         return Outcome(job.input, error=job.error)
     from .pipeline import optimize
@@ -244,6 +300,13 @@ def fold_job(job: Job, options: Options, debug: bool = False) -> Outcome:
     return Outcome(job.input, report=report.to_dict())
 
 
+def _cut_short(job: Job, options: Options, mark: int) -> Outcome:
+    """The Outcome of a job a signal stopped: written if its output moved into place after ``mark``."""
+    if staging.commit_count() > mark:
+        return Outcome(job.input, interrupted=OK, output=str(destination(job, options.in_place)))
+    return Outcome(job.input, interrupted=ROLLED_BACK)
+
+
 def run_jobs(
     jobs: list[Job],
     options: Options,
@@ -251,44 +314,61 @@ def run_jobs(
     workers: int = 1,
     debug: bool = False,
     on_done: Callable[[Outcome], None] | None = None,
-) -> list[Outcome]:
-    """Fold every job, in this process or in ``workers`` processes; outcomes in job order.
+) -> tuple[list[Outcome], signals.Interrupted | None]:
+    """Fold every job, in this process or in ``workers`` processes: (outcomes in job order, the
+    ``Interrupted`` that stopped the run early or None).
 
     Output sub-folders are created here, before any worker starts (so two workers never race
     over one), and those left empty afterwards (every file in them failed) are removed again.
     """
     created = _make_output_folders(jobs)
+    outcomes: list[Outcome | None] = [None] * len(jobs)
+
+    def finish(i: int, outcome: Outcome) -> None:
+        outcomes[i] = outcome
+        if on_done:
+            on_done(outcome)
+
     try:
-        runnable = [i for i, j in enumerate(jobs) if j.error is None]
-        outcomes: list[Outcome | None] = [None] * len(jobs)
         for i, job in enumerate(jobs):
             if job.error is not None:
-                outcomes[i] = fold_job(job, options, debug)
-                if on_done:
-                    on_done(outcomes[i])
-        workers = min(workers, len(runnable))
-        if workers <= 1:
-            for i in runnable:
-                outcomes[i] = fold_job(jobs[i], options, debug)
-                if on_done:
-                    on_done(outcomes[i])
+                finish(i, _fold(job, options, debug))
+        runnable = [i for i, j in enumerate(jobs) if j.error is None]
+        if min(workers, len(runnable)) <= 1:
+            interrupted = _run_here(jobs, runnable, options, debug, finish, outcomes)
         else:
-            # spawn, not fork: the parent may run threads (the progress bar) and fork would copy them
-            context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-                futures = {pool.submit(fold_job, jobs[i], options, debug): i for i in runnable}
-                for future in as_completed(futures):
-                    i = futures[future]
-                    try:
-                        outcomes[i] = future.result()
-                    except Exception as exc:  # the worker died (killed, out of memory): that file only
-                        outcomes[i] = Outcome(jobs[i].input, error=f"{jobs[i].input}: worker failed: "
-                                                                   f"{type(exc).__name__}: {exc}")
-                    if on_done:
-                        on_done(outcomes[i])
-        return [o for o in outcomes if o is not None]
+            interrupted = _run_in_workers(jobs, runnable, options, debug, finish, workers)
     finally:
         _remove_if_empty(created)
+    return [o or Outcome(j.input, interrupted=NOT_STARTED) for o, j in zip(outcomes, jobs)], interrupted
+
+
+def _run_here(jobs, runnable, options, debug, finish, outcomes) -> signals.Interrupted | None:
+    current = mark = None
+    try:
+        for i in runnable:
+            current, mark = i, staging.commit_count()
+            finish(i, _fold(jobs[i], options, debug))
+    except signals.Interrupted as exc:
+        if current is not None and outcomes[current] is None:  # cut short before its outcome was kept
+            finish(current, _cut_short(jobs[current], options, mark))
+        return exc
+    return None
+
+
+def _run_in_workers(jobs, runnable, options, debug, finish, workers) -> signals.Interrupted | None:
+    from . import workers as pool
+
+    def died(k: int, reason: str) -> None:
+        job = jobs[runnable[k]]
+        staging.sweep(destination(job, options.in_place).parent)  # what the dead worker left staged
+        finish(runnable[k], Outcome(job.input, error=f"{job.input}: {reason} while folding it"))
+
+    try:
+        return pool.run([(jobs[i], options, debug) for i in runnable], fold_job, workers,
+                        done=lambda k, outcome: finish(runnable[k], outcome), died=died)
+    except signals.Interrupted as exc:  # it came while the workers were being stopped: every job is done
+        return exc
 
 
 def _make_output_folders(jobs: list[Job]) -> list[Path]:
@@ -315,26 +395,38 @@ def _remove_if_empty(folders: list[Path]) -> None:
 # -- reporting -------------------------------------------------------------------------------
 
 
-def exit_code(outcomes: list[Outcome]) -> int:
+def exit_code(outcomes: list[Outcome], interrupted: signals.Interrupted | None = None) -> int:
+    if interrupted is not None:
+        return interrupted.exit_code
     statuses = {o.status for o in outcomes}
     return 2 if UNUSABLE in statuses else 1 if VALIDATION_FAILED in statuses else 0
 
 
-def summary(outcomes: list[Outcome]) -> dict:
+def summary(outcomes: list[Outcome], interrupted: signals.Interrupted | None = None) -> dict:
     reports = [o.report for o in outcomes if o.report is not None]
     return {
         "files": len(outcomes),
-        "written": sum(1 for r in reports if r["written"]),
+        "written": sum(1 for o in outcomes if o.written),
         "validation_failed": sum(1 for o in outcomes if o.status == VALIDATION_FAILED),
         "unusable": sum(1 for o in outcomes if o.status == UNUSABLE),
+        "rolled_back": sum(1 for o in outcomes if o.status == ROLLED_BACK),
+        "not_started": sum(1 for o in outcomes if o.status == NOT_STARTED),
         "folds": sum(len(r["folds"]) for r in reports),
         "refusals": sum(len(r["refusals"]) for r in reports),
+        "interrupted": interrupted.name if interrupted is not None else None,
     }
 
 
-def to_json(outcomes: list[Outcome]) -> dict:
+def to_json(outcomes: list[Outcome], interrupted: signals.Interrupted | None = None) -> dict:
     """The ``--json`` document of a batch: ``{"files": [...], "summary": {...}}``."""
-    return {"files": [o.to_dict() for o in outcomes], "summary": summary(outcomes)}
+    return {"files": [o.to_dict() for o in outcomes], "summary": summary(outcomes, interrupted)}
+
+
+def interrupted_line(outcomes: list[Outcome], interrupted: signals.Interrupted) -> str:
+    """``bnfold: interrupted by SIGINT: 2 written, 2 rolled back, 8 not started``."""
+    s = summary(outcomes, interrupted)
+    return (f"bnfold: {interrupted}: {s['written']} written, {s['rolled_back']} rolled back, "
+            f"{s['not_started']} not started")
 
 
 def error_lines(outcomes: list[Outcome]) -> list[str]:
@@ -362,7 +454,7 @@ def _validation_cell(report: dict) -> str:
     return "[green]passed[/]" if v["passed"] else "[red]FAILED[/]"
 
 
-def render_summary(outcomes: list[Outcome], console) -> None:
+def render_summary(outcomes: list[Outcome], console, interrupted: signals.Interrupted | None = None) -> None:
     """One row per file: folds, refusals, validation, nodes before→after, status; then the totals."""
     from rich.table import Table
 
@@ -372,7 +464,9 @@ def render_summary(outcomes: list[Outcome], console) -> None:
     for o in outcomes:
         r = o.report
         if r is None:
-            table.add_row(o.input, "-", "-", "-", "-", "[red]unusable[/]")
+            status = (f"written → {o.output}" if o.written else f"[red]{STATUS_WORDS[o.status]}[/]" if o.status == UNUSABLE
+                      else f"[yellow]{STATUS_WORDS[o.status]}[/]")
+            table.add_row(o.input, "-", "-", "-", "-", status)
             continue
         status = f"written → {r['output']}" if r["written"] else "[red]validation failed[/]"
         table.add_row(o.input, str(len(r["folds"])), str(len(r["refusals"])), _validation_cell(r),
@@ -381,3 +475,6 @@ def render_summary(outcomes: list[Outcome], console) -> None:
     s = summary(outcomes)
     console.print(f"{s['files']} files: {s['written']} written, {s['validation_failed']} failed validation, "
                   f"{s['unusable']} unusable; {s['folds']} folds, {s['refusals']} refusals")
+    if interrupted is not None:
+        console.print(f"{interrupted}: {s['rolled_back']} rolled back (nothing written), "
+                      f"{s['not_started']} not started")

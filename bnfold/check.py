@@ -8,9 +8,14 @@ what it found; ``render`` formats the results as text, one JSON document, or Git
 annotations.
 
 Exit codes (``exit_code``): 2 when a PATH matched nothing or a file could not be read; else 1 when
-a finding is left (without ``fix``) or a fix failed validation (the file is untouched); else 0.
+a finding is left (without ``fix``) or a fix failed validation (the file is untouched); else 0;
+128 + the signal's number when SIGINT, SIGTERM or SIGHUP stopped the run (``run_check``: the fix
+in progress is rolled back, the files after it are not started, and each says so).
 A BatchNormalization with nothing to fold into is not a finding: it is a refusal, listed only
 with ``verbose``.
+
+Folder and glob searches skip bnfold's own staging folders (``bnfold.staging``): a fix that is
+in progress, or one a SIGKILL cut short, is never taken for a model.
 """
 
 from __future__ import annotations
@@ -22,12 +27,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import signals, staging
 from .config import is_ignored
 from .errors import BnfoldError
 from .rules import Fold, Refusal, Rule
 from .validation import failure_reason
 
 FORMATS = ("text", "json", "github")
+#: ``FileCheck.interrupted``: a fix in progress was undone (the file is untouched); the file was
+#: never reached; a check (without ``fix``) was in progress.
+ROLLED_BACK, NOT_STARTED, NOT_FINISHED = "rolled back", "not started", "not finished"
 
 
 @dataclass
@@ -41,6 +50,7 @@ class FileCheck:
         error: one-line message when the file is unusable or a fix failed validation.
         unreadable: the error is about reading the file (exit 2), not a failed validation (exit 1).
         fixed: the file was rewritten with its folds applied and validated.
+        interrupted: ROLLED_BACK, NOT_STARTED or NOT_FINISHED when a signal stopped the run first.
     """
 
     path: str
@@ -49,12 +59,13 @@ class FileCheck:
     error: str | None = None
     unreadable: bool = False
     fixed: bool = False
+    interrupted: str | None = None
 
     def to_dict(self, verbose: bool = False) -> dict:
         d = {"path": self.path, "findings": [f.to_dict() for f in self.findings]}
         if verbose:
             d["refusals"] = [r.to_dict() for r in self.refusals]
-        d.update(error=self.error, fixed=self.fixed)
+        d.update(error=self.error, fixed=self.fixed, interrupted=self.interrupted)
         return d
 
 
@@ -65,10 +76,11 @@ def collect(paths: list[str] | tuple[str, ...], ignore: Sequence[tuple[Path, str
     """One FileCheck per model file named by ``paths``, in order, each file once.
 
     A folder stands for every ``*.onnx`` below it (sorted); a PATH that does not exist but has
-    glob characters is expanded (``**`` included), so quoted patterns work. A PATH that matches
-    nothing becomes a FileCheck carrying the error. Files matching ``ignore`` ((base folder, glob)
-    pairs, see ``config.is_ignored``) are left out, named ones too (pre-commit names every file):
-    a PATH whose files are all ignored is not an error.
+    glob characters is expanded (``**`` included), so quoted patterns work. Neither search enters
+    a staging folder (``staging.is_staging``). A PATH that matches nothing becomes a FileCheck
+    carrying the error. Files matching ``ignore`` ((base folder, glob) pairs, see
+    ``config.is_ignored``) are left out, named ones too (pre-commit names every file): a PATH
+    whose files are all ignored is not an error.
     """
     checks: list[FileCheck] = []
     seen: set[str] = set()
@@ -76,14 +88,15 @@ def collect(paths: list[str] | tuple[str, ...], ignore: Sequence[tuple[Path, str
         if os.path.lexists(arg):
             matches = [arg]
         elif glob.has_magic(arg):
-            matches = sorted(glob.glob(arg, recursive=True))
+            matches = sorted(m for m in glob.glob(arg, recursive=True) if not staging.is_staging(m))
         else:
             checks.append(FileCheck(arg, error=f"{arg}: no such file or directory", unreadable=True))
             continue
         files: list[str] = []
         for match in matches:
             if os.path.isdir(match):
-                files += sorted(str(p) for p in Path(match).rglob("*.onnx") if p.is_file())
+                files += sorted(str(p) for p in Path(match).rglob("*.onnx")
+                                if p.is_file() and not staging.is_staging(p.relative_to(match)))
             else:
                 files.append(match)
         if not files:
@@ -138,6 +151,7 @@ def _fix(item: FileCheck, rules: Sequence[Rule] | None, atol: float | None, rtol
     """Exactly what ``bnfold optimize --in-place`` does, with the chosen rules."""
     from .pipeline import optimize
 
+    staging.check_names(item.path, os.path.realpath(item.path))
     report = optimize(item.path, in_place=True, atol=atol, rtol=rtol, rules=rules)
     item.findings, item.refusals = list(report.result.folds), list(report.result.refusals)
     if report.ok and report.written:
@@ -156,12 +170,36 @@ def run_check(
     ignore: Sequence[tuple[Path, str]] = (),
     atol: float | None = None,
     rtol: float | None = None,
-) -> list[FileCheck]:
-    """``collect`` then ``check_file`` on each: every file is checked whatever happened to the others."""
-    return [check_file(item, fix=fix, rules=rules, atol=atol, rtol=rtol) for item in collect(paths, ignore)]
+) -> tuple[list[FileCheck], signals.Interrupted | None]:
+    """``collect`` then ``check_file`` on each: every file is checked whatever happened to the others.
+
+    Returns the checks and the ``signals.Interrupted`` that stopped the run early (None if none):
+    then the file in progress is rolled back (or fixed, if its output had moved into place just
+    before) and those after it are not started.
+    """
+    checks = collect(paths, ignore)
+    done, mark = 0, staging.commit_count()
+    try:
+        for item in checks:
+            mark = staging.commit_count()
+            check_file(item, fix=fix, rules=rules, atol=atol, rtol=rtol)
+            done += 1
+        return checks, None
+    except signals.Interrupted as exc:
+        if done < len(checks):
+            current = checks[done]
+            if staging.commit_count() > mark:  # its fix moved into place just before the signal took effect
+                current.fixed = True
+            else:
+                current.interrupted = ROLLED_BACK if fix else NOT_FINISHED
+            for c in checks[done + 1:]:
+                c.interrupted = NOT_STARTED
+        return checks, exc
 
 
-def exit_code(checks: list[FileCheck], *, fix: bool = False) -> int:
+def exit_code(checks: list[FileCheck], *, fix: bool = False, interrupted: signals.Interrupted | None = None) -> int:
+    if interrupted is not None:
+        return interrupted.exit_code
     if any(c.unreadable for c in checks):
         return 2
     if any(c.error for c in checks):  # a fix that did not validate
@@ -192,9 +230,13 @@ def _in_graph(graph: str) -> str:
     return "" if graph == "main" else f" (in {graph})"
 
 
-def render(checks: list[FileCheck], fmt: str = "text", *, verbose: bool = False) -> tuple[list[str], list[str]]:
-    """(stdout lines, stderr lines). Every error also goes to stderr as ``bnfold: error: ...``."""
+def render(checks: list[FileCheck], fmt: str = "text", *, verbose: bool = False,
+           interrupted: signals.Interrupted | None = None) -> tuple[list[str], list[str]]:
+    """(stdout lines, stderr lines). Every error also goes to stderr as ``bnfold: error: ...``; after
+    a signal, each file it stopped says so and stderr ends with what was and was not done."""
     err = [f"bnfold: error: {' '.join(c.error.split())}" for c in checks if c.error]
+    if interrupted is not None:
+        err.append(f"bnfold: {interrupted}: {_interrupted_counts(checks)}")
     if fmt == "json":
         doc = {
             "files": [c.to_dict(verbose) for c in checks],
@@ -202,13 +244,28 @@ def render(checks: list[FileCheck], fmt: str = "text", *, verbose: bool = False)
                 "files": sum(1 for c in checks if not c.unreadable),
                 "findings": sum(len(c.findings) for c in checks),
                 "errors": sum(1 for c in checks if c.error),
+                "interrupted": interrupted.name if interrupted is not None else None,
             },
         }
         return [json.dumps(doc, indent=2)], err
     out: list[str] = []
     for c in checks:
-        out += _github_lines(c, verbose) if fmt == "github" else _text_lines(c, verbose)
+        if c.interrupted:
+            line = f"{c.interrupted} ({interrupted}{'; file left untouched' if c.interrupted == ROLLED_BACK else ''})"
+            out.append(f"::warning file={_gh_property(c.path)},title=bnfold::{_gh_data(line)}" if fmt == "github"
+                       else f"{c.path}: {line}")
+        else:
+            out += _github_lines(c, verbose) if fmt == "github" else _text_lines(c, verbose)
     return out, err
+
+
+def _interrupted_counts(checks: list[FileCheck]) -> str:
+    """``2 checked, 1 fixed, 1 rolled back, 3 not started`` (the states that occur; not started always)."""
+    counts = {"checked": sum(1 for c in checks if not c.interrupted and not c.fixed and not c.unreadable),
+              "fixed": sum(1 for c in checks if c.fixed)}
+    for state in (ROLLED_BACK, NOT_FINISHED, NOT_STARTED):
+        counts[state] = sum(1 for c in checks if c.interrupted == state)
+    return ", ".join(f"{n} {state}" for state, n in counts.items() if n or state == NOT_STARTED)
 
 
 def _text_lines(c: FileCheck, verbose: bool) -> list[str]:

@@ -1,7 +1,9 @@
 """The ``bnfold`` command line.
 
 Exit codes: 0 success; 1 validation failed (nothing written); 2 usage error or unusable model
-(one line on stderr, no traceback unless ``--debug``).
+(one line on stderr, no traceback unless ``--debug``); 128 + the signal's number when SIGINT,
+SIGTERM or SIGHUP stopped it (130, 143, 129; see ``bnfold.signals``), after saying what was and
+was not done.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import traceback
 
 import click
 
+from . import signals
+
 EXIT_OK, EXIT_VALIDATION_FAILED, EXIT_USAGE = 0, 1, 2
 
 
@@ -23,16 +27,29 @@ def _fail(message: str) -> None:
 
 
 class _BnfoldGroup(click.Group):
-    """Turns every error into one line on stderr and an exit code; ``--debug`` shows tracebacks."""
+    """Turns every error into one line on stderr and an exit code; ``--debug`` shows tracebacks.
+
+    Commands run with SIGINT, SIGTERM and SIGHUP raised as ``signals.Interrupted`` in the main
+    thread: ``finally`` clauses clean up, the commands say what they did, the exit code is
+    128 + the signal's number.
+    """
 
     def main(self, args=None, prog_name=None, **extra):
         args = list(sys.argv[1:] if args is None else args)
         debug = "--debug" in args
         extra.pop("standalone_mode", None)
+        with signals.raising():
+            code = self._run(args, prog_name, debug, extra)
+        sys.exit(code or 0)
+
+    def _run(self, args, prog_name, debug: bool, extra: dict) -> int:
         from .errors import BnfoldError
 
         try:
             code = super().main(args, prog_name=prog_name or "bnfold", standalone_mode=False, **extra)
+        except signals.Interrupted as exc:  # before a command could say more (it says what it did itself)
+            click.echo(f"bnfold: {exc}", err=True)
+            code = exc.exit_code
         except click.exceptions.NoArgsIsHelpError as exc:
             click.echo(exc.ctx.get_help(), err=True)
             code = EXIT_USAGE
@@ -53,7 +70,7 @@ class _BnfoldGroup(click.Group):
             detail = str(exc) if isinstance(exc, _InternalError) else f"{type(exc).__name__}: {exc}"
             _fail(f"internal error: {detail} (run with --debug for the traceback)")
             code = EXIT_USAGE
-        sys.exit(code or 0)
+        return code
 
 
 def _input_options(command):
@@ -132,7 +149,9 @@ def optimize(models, output, in_place, validate, input_shapes, atol, rtol, seed,
     MODEL is a model file, a folder (searched recursively for *.onnx, skipping *.folded.onnx) or a
     glob pattern. With several, every file is folded whatever happens to the others; a summary
     table (or with --json {"files": [...], "summary": {...}}) follows. Exit codes: 0 success;
-    1 a validation failed (nothing written for that file); 2 a file was unusable.
+    1 a validation failed (nothing written for that file); 2 a file was unusable; 128 + the
+    signal's number (130 for Ctrl-C) after SIGINT/SIGTERM/SIGHUP: the files in progress are
+    rolled back, none is started after it, and the summary says which is which.
 
     \b
     Example:
@@ -166,12 +185,23 @@ def optimize(models, output, in_place, validate, input_shapes, atol, rtol, seed,
 
         bench_options = BenchOptions(runs=runs, time_budget=time_budget, warmup=warmup, threads=threads,
                                      provider=provider).checked()
+    from . import staging
+    from .batch import Job, destination
+
+    dest = destination(Job(model, output), in_place)
+    staging.check_names(model, dest, external_data)  # names that cannot exist: before any work
+    mark = staging.commit_count()
     try:
         with _bench_progress(runs) if bench else contextlib.nullcontext(None) as on_progress:
             if bench_options is not None:
                 bench_options = dataclasses.replace(bench_options, on_progress=on_progress)
             report = run_optimize(model, output, in_place=in_place, validate_output=validate, input_shapes=shapes,
                                   atol=atol, rtol=rtol, seed=seed, external_data=external_data, bench=bench_options)
+    except signals.Interrupted as exc:
+        done = (f"written → {dest} (before the signal took effect)" if staging.commit_count() > mark
+                else "rolled back, nothing written")
+        click.echo(f"bnfold: {exc}: {model}: {done}", err=True)
+        return exc.exit_code
     except BnfoldError:
         raise
     except Exception as exc:  # name the file in the one-line error
@@ -207,7 +237,7 @@ def _optimize_batch(models, output, in_place, validate, shapes, atol, rtol, seed
         raise BnfoldError("--in-place and an output folder contradict each other; give one")
     if output is not None and os.path.exists(output) and not os.path.isdir(output):
         raise BnfoldError(f"{output}: with several models the output must be a folder, and this is a file")
-    todo = batch.collect_jobs(models, output, in_place=in_place)
+    todo = batch.collect_jobs(models, output, in_place=in_place, external_data=external_data)
     if all(j.error for j in todo):  # nothing to fold: the errors alone, no report
         for job in todo:
             _fail(job.error)
@@ -220,22 +250,29 @@ def _optimize_batch(models, output, in_place, validate, shapes, atol, rtol, seed
         from rich import progress as bar
 
         columns = (bar.TextColumn("folding"), bar.BarColumn(), bar.MofNCompleteColumn(), bar.TimeElapsedColumn())
-        with bar.Progress(*columns, console=Console(stderr=True), transient=True) as progress:
-            task = progress.add_task("fold", total=len(todo))
-            outcomes = batch.run_jobs(todo, options, workers=jobs, debug=debug,
-                                      on_done=lambda _: progress.advance(task))
+        progress = bar.Progress(*columns, console=Console(stderr=True), transient=True)
+        task = progress.add_task("fold", total=len(todo))
+        try:
+            with signals.held():  # its refresh thread inherits the blocked signals: they reach the main thread
+                progress.start()
+            outcomes, interrupted = batch.run_jobs(todo, options, workers=jobs, debug=debug,
+                                                   on_done=lambda _: progress.advance(task))
+        finally:
+            progress.stop()
     else:
-        outcomes = batch.run_jobs(todo, options, workers=jobs, debug=debug)
+        outcomes, interrupted = batch.run_jobs(todo, options, workers=jobs, debug=debug)
     if as_json:
-        click.echo(json.dumps(batch.to_json(outcomes), indent=2))
+        click.echo(json.dumps(batch.to_json(outcomes, interrupted), indent=2))
     else:
-        batch.render_summary(outcomes, Console(highlight=False, soft_wrap=False))
+        batch.render_summary(outcomes, Console(highlight=False, soft_wrap=False), interrupted)
     for outcome in outcomes:
         if debug and outcome.traceback:
             click.echo(outcome.traceback, err=True, nl=False)
     for line in batch.error_lines(outcomes):
         click.echo(line, err=True)
-    return batch.exit_code(outcomes)
+    if interrupted is not None:
+        click.echo(batch.interrupted_line(outcomes, interrupted), err=True)
+    return batch.exit_code(outcomes, interrupted)
 
 
 @cli.command()
@@ -258,7 +295,8 @@ def check(paths, fix, fmt, verbose, disable, ignore, atol, rtol, debug) -> int:
     from [tool.bnfold] in the nearest pyproject.toml (atol, rtol, disable, ignore); flags add to
     or override them. Exit codes: 0 nothing to fold (or everything fixed); 1 something to fold
     (or a fix failed validation); 2 a PATH matched nothing, a file could not be read (the others
-    are still checked) or a setting is wrong.
+    are still checked) or a setting is wrong; 128 + the signal's number after SIGINT/SIGTERM/
+    SIGHUP (the fix in progress is rolled back, the files after it are not started).
 
     \b
     Example:
@@ -281,37 +319,47 @@ def check(paths, fix, fmt, verbose, disable, ignore, atol, rtol, debug) -> int:
     disabled = {*settings.disable, *disable}
     rules = [r for r in DEFAULT_RULES if r.name not in disabled] if disabled else None
     globs = [(settings.root, g) for g in settings.ignore] + [(Path.cwd(), g) for g in ignore]
-    checks = run_check(paths, fix=fix, rules=rules, ignore=globs,
-                       atol=settings.atol if atol is None else atol, rtol=settings.rtol if rtol is None else rtol)
-    out, err = render(checks, fmt, verbose=verbose)
+    checks, interrupted = run_check(paths, fix=fix, rules=rules, ignore=globs, atol=settings.atol if atol is None else atol,
+                                    rtol=settings.rtol if rtol is None else rtol)
+    out, err = render(checks, fmt, verbose=verbose, interrupted=interrupted)
     for line in out:
         click.echo(line)
     for line in err:
         click.echo(line, err=True)
-    return exit_code(checks, fix=fix)
+    return exit_code(checks, fix=fix, interrupted=interrupted)
 
 
 @cli.command()
 @click.argument("model", type=click.Path(path_type=str, dir_okay=False))
 @click.argument("folded", required=False, type=click.Path(path_type=str, dir_okay=False))
 @_bench_options
+@click.option("--rounds", type=click.IntRange(min=3), default=None, metavar="N",
+              help="Rounds per setting, each with a fresh session of each model (default 30; fewer when --time-budget "
+                   "runs out first).")
+@click.option("--check-outputs/--no-check-outputs", default=True, show_default=True,
+              help="Refuse unless FOLDED computes MODEL's outputs (one seeded run, per-dtype tolerance); turn off "
+                   "to time models that deliberately differ.")
 @_input_options
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout (raw per-run latencies included).")
 @click.option("--plot", "plot", type=click.Path(path_type=str, dir_okay=False), metavar="FILE.png",
               help="Draw the latency distributions and the speedups with their intervals (needs bnfold[plot]).")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def bench(model, folded, runs, time_budget, warmup, threads, provider, input_shapes, seed, as_json, plot,
-          debug) -> int:
+def bench(model, folded, runs, time_budget, warmup, threads, provider, rounds, check_outputs, input_shapes, seed,
+          as_json, plot, debug) -> int:
     """Latency of MODEL against FOLDED (default: MODEL folded in memory) with onnxruntime.
 
-    Two settings, both reported: "disabled" (ORT_DISABLE_ALL: the graph as written, what a runtime
-    that does not fuse pays) and "default" (onnxruntime's default level, which fuses Conv+BN
-    itself at session creation: what a plain onnxruntime deployment sees). Per setting: session
-    creation (median of 5), warm-up, then interleaved original/folded pairs in ABBA order until
-    --runs pairs or --time-budget seconds; median, p90, p99 and the speedup
-    median(original)/median(folded) with a 95% paired bootstrap interval. An interval that
-    contains 1 is reported as no measurable difference. Exit codes: 0 measured; 2 unusable
-    model or option, or the runtime could not run a model (one line on stderr).
+    FOLDED must have MODEL's inputs and outputs and compute the same outputs on one seeded input
+    (--no-check-outputs skips the outputs); otherwise nothing is timed. Two settings, both
+    reported: "disabled" (ORT_DISABLE_ALL: the graph as written, what a runtime that does not
+    fuse pays) and "default" (onnxruntime's default level, which fuses Conv+BN itself at session
+    creation: what a plain onnxruntime deployment sees). Per setting, in --rounds rounds of fresh
+    sessions: session creation (timed), warm-up, then interleaved original/folded pairs in ABBA
+    order, until --runs pairs or --time-budget seconds. The speedups (per run: over rounds;
+    session creation: over ABBA blocks of rounds) have exact intervals; the four hold together at
+    95% (Bonferroni), and each states its resolution. An interval that contains 1 is reported as no
+    measurable difference. Exit codes: 0 measured (also when --plot then fails: a warning says
+    so, the results are printed); 2 unusable or incomparable model or option, or the runtime
+    could not run a model (one line on stderr, nothing measured).
 
     \b
     Example:
@@ -328,12 +376,15 @@ def bench(model, folded, runs, time_budget, warmup, threads, provider, input_sha
         shapes = parse_input_shapes(input_shapes)
     except ValueError as exc:
         raise BnfoldError(str(exc)) from None
-    if plot is not None:  # before measuring: a missing matplotlib must not waste the run
+    if plot is not None:  # before measuring: a missing matplotlib or an unwritable path must not waste the run
         from .latency.plot import check_destination, require_matplotlib
 
         require_matplotlib()
         check_destination(plot)
-    options = BenchOptions(runs=runs, time_budget=time_budget, warmup=warmup, threads=threads, provider=provider)
+    options = BenchOptions(runs=runs, time_budget=time_budget, warmup=warmup, threads=threads, provider=provider,
+                           check_outputs=check_outputs)
+    if rounds is not None:
+        options = dataclasses.replace(options, rounds=rounds)
     options = options.checked()
     try:
         with _bench_progress(runs) as on_progress:
@@ -343,10 +394,6 @@ def bench(model, folded, runs, time_budget, warmup, threads, provider, input_sha
         raise
     except Exception as exc:  # name the file in the one-line error
         raise _InternalError(model, exc) from exc
-    if plot is not None:
-        from .latency.plot import plot_bench
-
-        plot_bench(result, plot)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
     else:
@@ -354,10 +401,20 @@ def bench(model, folded, runs, time_budget, warmup, threads, provider, input_sha
 
         from .latency.report import render_bench
 
-        console = Console(highlight=False, soft_wrap=False)
-        render_bench(result, console)
-        if plot is not None:
-            console.print(f"Plot: {plot}")
+        render_bench(result, Console(highlight=False, soft_wrap=False))
+    if plot is not None:  # after the results are out: a failure here costs the figure only
+        from .latency.plot import plot_bench
+
+        try:
+            plot_bench(result, plot)
+        except Exception as exc:
+            if debug:
+                traceback.print_exc()
+            click.echo(f"bnfold: warning: {plot}: the plot could not be written ({type(exc).__name__}: "
+                       f"{' '.join(str(exc).split())[:200]}); the results above are complete", err=True)
+        else:
+            if not as_json:
+                click.echo(f"Plot: {plot}")
     return EXIT_OK
 
 
@@ -373,16 +430,20 @@ def main() -> None:
     every staged folder removed) before ``cli.main`` returns, so all that is left is freeing the
     model's objects one by one, 30-60 ms of a 0.4 s run for nothing.
     """
+    signals.install()  # so that a signal in the last steps, after the command's own handling, still ends here
     try:
         cli.main()
+        code = 0
     except SystemExit as done:
         code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except OSError:  # a closed pipe (``| head``): nothing more can be said
-                pass
-        os._exit(code)
+    except signals.Interrupted as exc:
+        code = exc.exit_code
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except OSError:  # a closed pipe (``| head``): nothing more can be said
+            pass
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -11,10 +11,8 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
-import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +21,7 @@ from onnx import numpy_helper
 
 from . import wire
 from .errors import BnfoldError
+from .staging import _mode_for, staged_output  # noqa: F401  (they live in bnfold.staging)
 
 #: Files larger than this are checked by the ONNX checker before they are read (see read_model).
 CHECK_FIRST_BYTES = 64 << 20
@@ -308,38 +307,6 @@ def _check_location(path: Path, base: Path, tensor: onnx.TensorProto) -> Path:
             f"{path}: tensor '{tensor.name}' has external data at '{location}', outside the model's folder; refused"
         )
     return target
-
-
-@contextlib.contextmanager
-def staged_output(dest: str | os.PathLike) -> Iterator[Path]:
-    """Yield where to write ``dest``: a path of the same name in a private folder beside it.
-
-    On normal exit every file written there (the model and its external data file, if any) is
-    renamed into ``dest``'s folder, the model last, so it never points at missing data; on any
-    error the folder is removed and nothing at the destination changed.
-    """
-    dest = Path(dest)
-    stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent or "."))
-    staged = stage / dest.name
-    try:
-        yield staged
-        files = sorted(stage.iterdir(), key=lambda f: f == staged)  # the model last
-        for f in files:
-            target = dest.parent / f.name
-            os.chmod(f, _mode_for(target))
-            os.replace(f, target)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-
-
-def _mode_for(dest: Path) -> int:
-    """The destination's current mode when replacing it, else what the umask gives a new file."""
-    try:
-        return dest.stat().st_mode & 0o7777
-    except FileNotFoundError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
 
 
 def write_model(model: onnx.ModelProto, path: str | os.PathLike, external_data: bool = False,

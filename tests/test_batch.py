@@ -21,7 +21,8 @@ from bnfold.cli import cli
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 REPORT_KEYS = {"input", "output", "written", "ok", "folds", "refusals", "validation", "before", "after", "seconds",
                "bench"}
-SUMMARY_KEYS = {"files", "written", "validation_failed", "unusable", "folds", "refusals"}
+SUMMARY_KEYS = {"files", "written", "validation_failed", "unusable", "rolled_back", "not_started", "folds", "refusals",
+                "interrupted"}
 
 
 def run(*args) -> Result:
@@ -257,8 +258,9 @@ def test_zero_tolerance_fails_the_folded_file_only(tmp_path):
     failed, passed = doc["files"]
     assert (failed["ok"], failed["written"], failed["output"], failed["validation"]["passed"]) == (False, False, None, False)
     assert (passed["ok"], passed["written"], passed["validation"]) == (True, True, None)
-    assert doc["summary"] == {"files": 2, "written": 1, "validation_failed": 1, "unusable": 0,
-                              "folds": 2, "refusals": 1}
+    assert (failed["status"], passed["status"]) == ("validation failed", "written")
+    assert doc["summary"] == {"files": 2, "written": 1, "validation_failed": 1, "unusable": 0, "rolled_back": 0,
+                              "not_started": 0, "folds": 2, "refusals": 1, "interrupted": None}
 
 
 def test_folder_with_nothing_to_fold_is_an_error(tmp_path):
@@ -290,12 +292,12 @@ def test_json_with_several_inputs(tmp_path):
     doc = json.loads(result.stdout)
     assert set(doc) == {"files", "summary"}
     first, second, third = doc["files"]
-    assert set(first) == set(second) == REPORT_KEYS | {"error"}
+    assert set(first) == set(second) == REPORT_KEYS | {"error", "status"}
     assert (first["input"], first["output"], first["error"]) == (str(a), str(tmp_path / "a.folded.onnx"), None)
     assert [f["node"] for f in first["folds"]] == ["bn"]
     assert second["input"] == str(b) and second["written"] and second["after"]["nodes"] < second["before"]["nodes"]
     assert third["input"] == str(bad) and third["ok"] is False and str(bad) in third["error"]
-    assert third["written"] is False and third["output"] is None
+    assert third["written"] is False and third["output"] is None and third["status"] == "unusable"
     assert set(doc["summary"]) == SUMMARY_KEYS
     assert doc["summary"]["files"] == 3 and doc["summary"]["written"] == 2 and doc["summary"]["unusable"] == 1
     assert doc["summary"]["folds"] == len(first["folds"]) + len(second["folds"])

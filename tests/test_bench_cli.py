@@ -1,18 +1,23 @@
 """``bnfold bench`` and ``bnfold optimize --bench``: what is measured, what is reported, how it fails.
 
-Real measurements run on the small sample model with ``--runs 5 --warmup 1`` (the numbers are
-noise at that size; the tests check the protocol and the report, never a speedup). Rendering of
-verdicts is tested on synthetic timings, where the right answer is known. Every test that runs
-a command hashes the input model before and after: bench never modifies it.
+Real measurements run on the small sample model with ``--runs 5 --warmup 1`` (three rounds of
+2, 2 and 1 pairs: counts, never a time, decide when they stop; the numbers are noise at that size,
+and the tests check the protocol and the report, never a speedup). Rendering of verdicts is tested
+on synthetic timings, where the right answer is known. Every test that runs a command hashes the
+input model before and after: bench never modifies it. What a folded model must share with the
+original before anything is timed, and the --plot checks, are tested for their exit codes, their
+exact error lines and that nothing was measured.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import struct
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -23,13 +28,18 @@ from click.testing import CliRunner, Result
 import bnfold
 import builders
 from bnfold.cli import cli
-from bnfold.latency import runner, stats
+from bnfold.latency import ROUNDS, runner, stats
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 FAST = ("--runs", "5", "--warmup", "1")
-BENCH_KEYS = {"original", "folded", "folds", "model", "runtime", "protocol", "settings", "seconds"}
-SETTING_KEYS = {"name", "optimization_level", "meaning", "providers", "session_config", "pairs", "stopped_by", "seconds", "latency_ms",
-                "speedup", "session_ms", "session_speedup", "raw"}
+#: The round of each pair FAST times per setting (a round's quota is 2 pairs; the last one stops at 5).
+FAST_ROUNDS = [0, 0, 1, 1, 2]
+BENCH_KEYS = {"original", "folded", "folds", "model", "runtime", "protocol", "checks", "settings", "seconds"}
+SETTING_KEYS = {"name", "optimization_level", "meaning", "providers", "session_config", "pairs", "rounds", "stopped_by",
+                "seconds", "latency_ms", "speedup", "session_ms", "session_speedup", "raw"}
+SPEEDUP_KEYS = {"ratio", "ci_low", "ci_high", "confidence", "family_confidence", "method", "unit", "n", "min_n",
+                "detectable_ratio", "verdict"}
+OPT_OUT = "pass --no-check-outputs to time models that compute different things"
 SEGFAULT = ("import json, os, signal; print(json.dumps({'event': 'stage', 'text': 'creating a session of the folded "
             "model (default: ORT_ENABLE_ALL)'}), flush=True); os.kill(os.getpid(), signal.SIGSEGV)")
 
@@ -62,16 +72,22 @@ def sample(tmp_path):
     assert sha256(src) == before, "the input model was modified"
 
 
-def check_setting(setting: dict, name: str, level: str, pairs: int) -> None:
-    """One setting of the JSON: raw numbers > 0, and every figure recomputes from them."""
+def check_setting(setting: dict, name: str, level: str, rounds: list[int]) -> None:
+    """One setting of the JSON: raw numbers > 0, the protocol's order, and every figure recomputes
+    from the raw numbers."""
+    pairs = len(rounds)
     assert set(setting) == SETTING_KEYS
     assert (setting["name"], setting["optimization_level"], setting["pairs"]) == (name, level, pairs)
+    assert setting["rounds"] == len(set(rounds))
     assert setting["providers"][0] == "CPUExecutionProvider"
     assert setting["session_config"] == {"session.force_spinning_stop": "1"}  # as the child's sessions report it
     raw = setting["raw"]
+    assert raw["round"] == rounds
     for key in ("original_ms", "folded_ms"):
         assert len(raw[key]) == pairs and all(v > 0 for v in raw[key]), raw[key]
-    assert raw["first"] == ["original", "folded"] * (pairs // 2) + ["original"] * (pairs % 2)  # ABBA
+    # ABBA in each round, the round's first pair led by the original in even rounds, the folded model in odd ones
+    within = [i - rounds.index(r) for i, r in enumerate(rounds)]
+    assert raw["first"] == ["original" if (r + i) % 2 == 0 else "folded" for r, i in zip(rounds, within)]
     for which in ("original", "folded"):
         summary = setting["latency_ms"][which]
         values = raw[f"{which}_ms"]
@@ -79,25 +95,34 @@ def check_setting(setting: dict, name: str, level: str, pairs: int) -> None:
         assert summary["median"] == pytest.approx(np.median(values))
         assert summary["p90"] == pytest.approx(np.percentile(values, 90))
         assert summary["p99"] == pytest.approx(np.percentile(values, 99))
-        assert len(raw[f"session_{which}_ms"]) == 5 and all(v > 0 for v in raw[f"session_{which}_ms"])
-        assert setting["session_ms"][which]["median"] == pytest.approx(np.median(raw[f"session_{which}_ms"]))
-    for key, original, folded in (("speedup", raw["original_ms"], raw["folded_ms"]),
-                                  ("session_speedup", raw["session_original_ms"], raw["session_folded_ms"])):
+        sessions = raw[f"session_{which}_ms"]
+        assert len(sessions) == 2 * setting["rounds"] and all(v > 0 for v in sessions)  # two per round
+        assert setting["session_ms"][which]["median"] == pytest.approx(np.median(sessions))
+    # anyone can recompute every speedup from the raw numbers (nothing random in them)
+    assert setting["speedup"] == stats.round_speedup(raw["original_ms"], raw["folded_ms"], rounds).to_dict()
+    assert setting["session_speedup"] == stats.speedup(raw["session_original_ms"], raw["session_folded_ms"]).to_dict()
+    for key, unit in (("speedup", stats.ROUNDS), ("session_speedup", stats.BLOCKS)):
         sp = setting[key]
-        assert sp["ratio"] == pytest.approx(np.median(original) / np.median(folded))
-        assert 0 < sp["ci_low"] <= sp["ratio"] <= sp["ci_high"]
-        assert sp["verdict"] == stats.verdict(sp["ci_low"], sp["ci_high"])
-        again = stats.speedup(original, folded, seed=0)  # anyone can recompute the interval from the raw runs
-        assert (again.low, again.high) == (sp["ci_low"], sp["ci_high"])
+        assert set(sp) == SPEEDUP_KEYS
+        assert (sp["unit"], sp["confidence"], sp["family_confidence"]) == (unit, stats.CONFIDENCE, 0.95)
+        if sp["ci_low"] is not None:
+            assert 0 < sp["ci_low"] <= sp["ratio"] <= sp["ci_high"]
+        assert sp["verdict"] == stats.verdict(sp["ci_low"] or 0.0, sp["ci_high"] or float("inf"))
 
 
-def check_document(doc: dict, pairs: int = 5) -> None:
+def check_document(doc: dict, rounds: list[int] = FAST_ROUNDS) -> None:
     assert set(doc) == BENCH_KEYS
     assert [s["name"] for s in doc["settings"]] == ["disabled", "default"]
-    check_setting(doc["settings"][0], "disabled", "ORT_DISABLE_ALL", pairs)
-    check_setting(doc["settings"][1], "default", "ORT_ENABLE_ALL", pairs)
+    check_setting(doc["settings"][0], "disabled", "ORT_DISABLE_ALL", rounds)
+    check_setting(doc["settings"][1], "default", "ORT_ENABLE_ALL", rounds)
     assert doc["runtime"]["provider"] == "CPUExecutionProvider"
     assert doc["protocol"]["inputs"] == {"input": [1, 3, 32, 32]}
+    assert doc["protocol"]["family"] == {"confidence": 0.95, "intervals": 4, "correction": "Bonferroni",
+                                         "interval_confidence": stats.CONFIDENCE, "min_units": 8}
+    outputs = doc["checks"]["outputs"]
+    assert outputs["checked"] and outputs["backend"] == "onnxruntime (CPU, ORT_DISABLE_ALL)"
+    [logits] = outputs["outputs"]
+    assert (logits["name"], logits["dtype"], logits["passed"]) == ("logits", "float32", True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -113,6 +138,7 @@ def test_bench_folds_in_memory_and_reports_both_settings(sample):
     doc = json.loads(result.stdout)
     check_document(doc)
     assert (doc["original"], doc["folded"], doc["folds"]) == (str(sample), None, 9)
+    assert doc["checks"]["interface"] == "folded by bnfold from the original"  # the outputs are still compared
     assert doc["model"]["before"] == {"nodes": 31, "parameters": 78714, "file_bytes": sample.stat().st_size}
     assert doc["model"]["after"]["nodes"] == 22
     assert doc["model"]["after"]["parameters"] < 78714
@@ -129,6 +155,7 @@ def test_bench_with_a_given_folded_model(sample, tmp_path):
     doc = json.loads(result.stdout)
     check_document(doc)
     assert (doc["folded"], doc["folds"], doc["runtime"]["threads"]) == (str(folded), None, 1)
+    assert doc["checks"]["interface"] == "same inputs and outputs as the original"
     assert doc["model"]["after"]["file_bytes"] == folded.stat().st_size
     assert doc["model"]["after"]["nodes"] == len(onnx.load(folded).graph.node) == 22
 
@@ -139,26 +166,30 @@ def test_bench_table(sample):
     assert result.exit_code == 0, result.output
     out = result.stdout
     assert f"bnfold bench {sample} vs folded in memory (9 folds)" in out
-    for fragment in ("Latency per run (ms)", "median", "p90", "p99", "Speedup = median(original) / median(folded)",
-                     "disabled (ORT_DISABLE_ALL)", "default (ORT_ENABLE_ALL)", "fuses Conv+BN itself"):
+    for fragment in ("Latency per run (ms)", "median", "p90", "p99",
+                     "Speedup = median ratio original/folded; 98.75% intervals, 95% for all 4 together (Bonferroni)",
+                     "disabled (ORT_DISABLE_ALL)", "default (ORT_ENABLE_ALL)", "fuses Conv+BN itself",
+                     "Checked before timing: folded by bnfold from the original; every output agrees on one seeded "
+                     "input within tolerance (onnxruntime (CPU, ORT_DISABLE_ALL); largest difference "):
         assert fragment in out, fragment
     rows = [[c.strip() for c in line.strip().strip("│").split("│")] for line in out.splitlines() if "│" in line]
     nodes = [r for r in rows if r[0] == "nodes"]
     assert nodes == [["nodes", "31", "22", "-29.0%"]]
+    sessions = [r[-1] for r in rows if r[1] in ("original", "folded")]
+    assert sessions == ["6"] * 4  # the n column: two sessions of each model per round, three rounds
     speedups = [r for r in rows if r[1] in ("run", "session")]
-    assert len(speedups) == 4
-    for row in speedups:
-        assert row[2].endswith("×") and row[3].startswith("[")
-        low, high = (float(v) for v in row[3].strip("[]").split(","))
-        assert row[4] == stats.verdict(low, high) or (low <= 1 <= high and row[4] == stats.NO_DIFFERENCE)
+    assert [r[1:3] for r in speedups] == [["run", "2 rounds"], ["session", "3 blocks"]] * 2  # round 3: 1 pair
+    for row in speedups:  # 2 rounds, 3 blocks: too few for any interval at 98.75 %, and said so
+        assert row[3].endswith("×") and row[4] == "unbounded"
+        unit = "rounds" if row[1] == "run" else "ABBA blocks"
+        assert row[5] == f"no measurable difference (too few samples: {row[2].split()[0]} {unit}, an interval needs 8)"
 
 
 def test_python_api_progress_events_and_time_budget(tmp_path):
     model = builders.conv_bn_model()
     kept = model.SerializeToString()
     events: list[dict] = []
-    options = bnfold.BenchOptions(runs=100_000, time_budget=0.2, warmup=1, session_repeats=2,
-                                  on_progress=events.append)
+    options = bnfold.BenchOptions(runs=100_000, time_budget=0.2, warmup=1, rounds=3, on_progress=events.append)
 
     result = bnfold.bench(model, options=options)
 
@@ -169,7 +200,7 @@ def test_python_api_progress_events_and_time_budget(tmp_path):
         assert s.stopped_by == "time budget"
         assert runner.MIN_PAIRS <= len(s.first) < 100_000
         assert s.seconds >= 0.2
-        assert len(s.session_original_ms) == 2
+        assert sorted(set(s.rounds)) == [0, 1, 2] and len(s.session_original_ms) == 6
         last = [e for e in events if e["event"] == "pair" and e["setting"] == s.name][-1]
         assert last["pairs"] == len(s.first) and last["elapsed"] >= 0.2
     stages = [e["text"] for e in events if e["event"] == "stage"]
@@ -216,16 +247,26 @@ def test_progress_bar_follows_the_events():
 # ---------------------------------------------------------------------------------------------
 
 
-def synthetic_result(original_ms: list[float], folded_ms: list[float]) -> runner.BenchResult:
-    raw = {"latency_ms": {"original": original_ms, "folded": folded_ms},
-           "session_ms": {"original": [5.0, 5.1, 4.9], "folded": [5.0, 5.1, 4.9]},
+CHECKED = {"interface": "same inputs and outputs as the original",
+           "outputs": {"checked": True, "backend": "onnxruntime (CPU, ORT_DISABLE_ALL)",
+                       "outputs": [{"name": "Y", "dtype": "float32", "shape": [1, 8], "max_abs": 2e-6, "max_rel": 1e-6,
+                                    "atol": 1e-4, "rtol": 1e-3, "passed": True}]}}
+
+
+def synthetic_result(original_ms: list[float], folded_ms: list[float], sessions: int = 20,
+                     checks: dict = CHECKED) -> runner.BenchResult:
+    """Ten rounds of the given pairs; ``sessions`` identical session timings per model."""
+    rounds = list(np.repeat(np.arange(10), len(original_ms) // 10))
+    creation = list(np.linspace(4.0, 6.0, sessions))
+    raw = {"latency_ms": {"original": original_ms, "folded": folded_ms}, "round": rounds,
+           "session_ms": {"original": creation, "folded": creation},
            "first": ["original", "folded"] * (len(original_ms) // 2), "stopped_by": "time budget", "seconds": 10.0,
            "providers": ["CPUExecutionProvider"], "session_config": {}}
-    settings = [runner.SettingResult.from_raw({**raw, "name": name, "optimization_level": level}, seed=0)
+    settings = [runner.SettingResult.from_raw({**raw, "name": name, "optimization_level": level})
                 for name, level in (("disabled", "ORT_DISABLE_ALL"), ("default", "ORT_ENABLE_ALL"))]
     figures = runner.ModelFigures(10, 100, 1000)
     return runner.BenchResult("a.onnx", "b.onnx", None, figures, figures, "CPUExecutionProvider", None,
-                              {"input": [1, 3]}, 0, 1, 100, 10.0, 3, "1.32.0", settings)
+                              {"input": [1, 3]}, 0, 1, 100, 10.0, 10, "1.32.0", settings, checks=checks)
 
 
 def rendered(result: runner.BenchResult) -> str:
@@ -246,17 +287,50 @@ def test_render_names_a_measured_speedup_with_its_interval():
     text = rendered(synthetic_result([2 * v for v in folded], folded))
     assert text.count("2.000×") == 2 and text.count("[2.000, 2.000]") == 2
     assert text.count("folded faster") == 2
-    assert text.count("1.000×") == 2  # identical session timings
-    assert text.count(stats.NO_DIFFERENCE) == 2
-    assert "stopped by the time budget after 40 pairs" in text
+    assert text.count("1.000×") == 2  # identical session timings: exactly 1, and the resolution says how exact
+    assert text.count(f"{stats.NO_DIFFERENCE} (none beyond ±0.0 %)") == 2
+    assert "stopped by the time budget after 40 pairs in 10 rounds" in text
     assert "bnfold bench a.onnx vs b.onnx" in text
+    assert ("Checked before timing: same inputs and outputs as the original; every output agrees on one seeded input "
+            "within tolerance (onnxruntime (CPU, ORT_DISABLE_ALL); largest difference 2e-06)") in text
+
+
+def test_render_states_the_resolution_of_no_measurable_difference():
+    """Rounds 1 % apart at random: no verdict, and the verdict says how small a difference it could have seen."""
+    rng = np.random.default_rng(3)
+    folded = list(rng.lognormal(0, 0.001, 400))
+    offsets = np.repeat(np.exp(rng.normal(0, 0.01, 10)), 40)
+    result = synthetic_result(list(offsets * folded), folded)
+    sp = result.settings[0].speedup
+    assert sp.verdict == stats.NO_DIFFERENCE and sp.bounded
+    assert f"{stats.NO_DIFFERENCE} (none beyond ±{(sp.detectable - 1) * 100:.1f} %)" in rendered(result)
+    assert result.to_dict()["settings"][0]["speedup"]["detectable_ratio"] == sp.detectable
+
+
+def test_render_says_when_the_outputs_were_not_compared():
+    folded = list(np.random.default_rng(0).lognormal(0, 0.02, 40))
+    text = rendered(synthetic_result(folded, folded, checks={
+        "interface": "same inputs as the original (outputs not compared)",
+        "outputs": {"checked": False, "reason": "--no-check-outputs"}}))
+    assert ("Outputs not compared (--no-check-outputs): the two models may compute different things; the speedups "
+            "compare their latencies only") in text
+    assert "Checked before timing" not in text
+
+
+def test_render_bounds_near_one_show_the_digits_the_verdict_rests_on():
+    folded = list(np.random.default_rng(0).lognormal(0, 0.0001, 40))
+    text = rendered(synthetic_result([1.0002 * v for v in folded], folded))
+    assert text.count("1.0002× │ [1.0002, 1.0002] │ folded faster") == 2
 
 
 def test_render_says_no_measurable_difference_when_the_interval_holds_one():
     rng = np.random.default_rng(1)
-    text = rendered(synthetic_result(list(rng.lognormal(0, 0.3, 40)), list(rng.lognormal(0, 0.3, 40))))
+    text = rendered(synthetic_result(list(rng.lognormal(0, 0.3, 40)), list(rng.lognormal(0, 0.3, 40)), sessions=5))
     assert "faster" not in text and "slower" not in text
     assert text.count(stats.NO_DIFFERENCE) == 4
+    # 5 sessions (2 blocks) carry no interval at all: said so, not bootstrapped into one
+    assert text.count("unbounded") == 2
+    assert text.count(f"{stats.NO_DIFFERENCE} (too few samples: 2 ABBA blocks, an interval needs 8)") == 2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,9 +362,96 @@ def test_plot_without_matplotlib_fails_before_measuring(sample, tmp_path, monkey
     assert not (tmp_path / "x.png").exists()
 
 
-def test_plot_needs_a_png_name(sample, tmp_path):
+@pytest.fixture
+def no_measuring(monkeypatch):
+    """Fails the test if anything is measured."""
+    monkeypatch.setattr(runner, "bench", lambda *a, **k: pytest.fail("measured although the run was refused"))
+
+
+def test_plot_needs_a_png_name_in_an_existing_folder(sample, tmp_path, no_measuring):
     assert_one_error_line(run("bench", sample, "--plot", tmp_path / "x.txt"), "x.txt", "PNG")
-    assert_one_error_line(run("bench", sample, "--plot", tmp_path / "missing" / "x.png"), "does not exist")
+    missing = tmp_path / "missing" / "x.png"
+    assert assert_one_error_line(run("bench", sample, "--plot", missing)) == (
+        f"bnfold: error: {missing}: the folder {missing.parent} does not exist")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    assert assert_one_error_line(run("bench", sample, "--plot", a_file / "x.png")) == (
+        f"bnfold: error: {a_file / 'x.png'}: {a_file} is not a folder")
+
+
+@pytest.fixture
+def unwritable_folder(tmp_path):
+    """A folder this process cannot create files in: a read-only one, or for root (who may write
+    anywhere permissions allow) /sys, which the kernel keeps file-less."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        (folder / "probe").touch()
+    except OSError:
+        yield folder
+    else:  # root
+        (folder / "probe").unlink()
+        if not Path("/sys").is_dir() or os.access("/sys", os.W_OK) and _can_create("/sys"):
+            pytest.skip("no folder here that this process cannot write in")
+        yield Path("/sys")
+    folder.chmod(0o755)
+
+
+def _can_create(folder: str) -> bool:
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
+def test_unwritable_plot_folder_fails_before_measuring(sample, unwritable_folder, no_measuring):
+    png = unwritable_folder / "latency.png"
+
+    line = assert_one_error_line(run("bench", sample, *FAST, "--plot", png))
+
+    assert line.startswith(f"bnfold: error: {png}: cannot write in the folder {unwritable_folder} (")
+    assert not png.exists()
+
+
+def test_plot_failing_after_measuring_keeps_the_results(sample, tmp_path, monkeypatch):
+    """The folder disappears while measuring: the JSON is printed whole, a warning says what was lost, exit 0."""
+    folder = tmp_path / "plots"
+    folder.mkdir()
+    png = folder / "latency.png"
+    real = runner.bench
+
+    def measure_then_lose_the_folder(*args, **kwargs):
+        result = real(*args, **kwargs)
+        shutil.rmtree(folder)
+        return result
+
+    monkeypatch.setattr(runner, "bench", measure_then_lose_the_folder)
+    result = run("bench", sample, *FAST, "--plot", png, "--json")
+
+    assert result.exit_code == 0, result.output
+    check_document(json.loads(result.stdout))
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"bnfold: warning: {png}: the plot could not be written (FileNotFoundError: ")
+    assert lines[0].endswith("; the results above are complete")
+
+
+def test_plot_failing_after_measuring_keeps_the_table(sample, tmp_path, monkeypatch):
+    from bnfold.latency import plot
+
+    def broken(result, path):
+        raise RuntimeError("the renderer ran out of memory")
+
+    monkeypatch.setattr(plot, "plot_bench", broken)
+    png = tmp_path / "latency.png"
+    result = run("bench", sample, *FAST, "--plot", png)
+
+    assert result.exit_code == 0, result.output
+    assert "Speedup = median ratio" in result.stdout and "Plot:" not in result.stdout
+    assert result.stderr == (f"bnfold: warning: {png}: the plot could not be written (RuntimeError: the renderer ran "
+                             "out of memory); the results above are complete\n")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -327,10 +488,108 @@ def test_bad_options_are_one_error_line(sample, args, fragment):
     assert_one_error_line(run("bench", sample, *args), fragment)
 
 
-def test_folded_model_with_other_inputs_is_refused(sample, tmp_path):
-    other = tmp_path / "other.onnx"
-    onnx.save(builders.conv_bn_model(), other)
-    assert_one_error_line(run("bench", sample, other, *FAST), str(other), "inputs")
+def test_rounds_option(sample):
+    result = run("bench", sample, "--runs", "12", "--warmup", "0", "--rounds", "3", "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["protocol"]["max_rounds"] == 3
+    check_document(doc, rounds=[0] * 4 + [1] * 4 + [2] * 4)
+    assert_one_error_line(run("bench", sample, "--rounds", "2"), "--rounds")
+    assert f"default {ROUNDS}" in run("bench", "--help").stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# bnfold bench: FOLDED must be comparable with MODEL, checked before anything is timed
+# ---------------------------------------------------------------------------------------------
+
+
+def save(model: onnx.ModelProto, path: Path) -> Path:
+    onnx.save(model, path)
+    return path
+
+
+def test_folded_model_with_other_inputs_is_refused_naming_it(sample, tmp_path):
+    other = save(builders.conv_bn_model(), tmp_path / "other.onnx")
+    outputs = "; it has no output 'logits'; it has output 'Y' that the original lacks"
+    for extra, also in (((), outputs), (("--no-check-outputs",), "")):  # inputs are checked whatever: same tensors
+        line = assert_one_error_line(run("bench", sample, other, *FAST, *extra))
+        assert line == (f"bnfold: error: {other}: not comparable with {sample}: it has no input 'input'; it has input "
+                        f"'X' that the original lacks{also} (bench times a model against its folded version, on the "
+                        "same inputs)")
+    events: list[dict] = []
+    with pytest.raises(bnfold.BnfoldError, match="other.onnx: not comparable"):
+        bnfold.bench(sample, other, options=bnfold.BenchOptions(on_progress=events.append))
+    assert events == []  # refused in bnfold itself: no measuring process was even started
+
+
+def test_folded_model_with_other_outputs_is_refused_unless_told(tmp_path):
+    src = save(builders.conv_bn_model(), tmp_path / "model.onnx")
+    renamed = builders.conv_bn_model()
+    renamed.graph.output[0].name = "Z"
+    renamed.graph.node[-1].output[0] = "Z"
+    other = save(renamed, tmp_path / "other.onnx")
+
+    line = assert_one_error_line(run("bench", src, other, *FAST))
+    assert line == (f"bnfold: error: {other}: not comparable with {src}: it has no output 'Y'; it has output 'Z' that "
+                    f"the original lacks (bench times a model against its folded version, on the same inputs; "
+                    f"{OPT_OUT})")
+
+    result = run("bench", src, other, *FAST, "--no-check-outputs", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["checks"] == {"interface": "same inputs as the original (outputs not compared)",
+                                                   "outputs": {"checked": False, "reason": "--no-check-outputs"}}
+
+
+def test_unrelated_model_with_the_same_interface_is_refused_after_one_run(tmp_path):
+    """Same inputs and outputs, other weights: the issue's 'folded faster, 35x'. One seeded run
+    shows the outputs disagree; the error names FOLDED and nothing is timed."""
+    src = save(builders.conv_bn_model(seed=0), tmp_path / "model.onnx")
+    other = save(builders.conv_bn_model(seed=1), tmp_path / "unrelated.onnx")
+
+    line = assert_one_error_line(run("bench", src, other, *FAST))
+
+    assert line.startswith(f"bnfold: error: {other}: not comparable with {src}: on the same seeded input output 'Y' "
+                           "differs by up to ")
+    assert line.endswith(f" (tolerance 0.0001 + 0.001·|original|) (bench times a model against its folded version; "
+                         f"{OPT_OUT})")
+
+    events: list[dict] = []
+    with pytest.raises(bnfold.BnfoldError, match="unrelated.onnx: not comparable"):
+        bnfold.bench(src, other, options=bnfold.BenchOptions(runs=5, warmup=1, on_progress=events.append))
+    stages = [e.get("text", "") for e in events]
+    assert any("checking the outputs of the folded model" in t for t in stages)
+    assert not [e for e in events if e["event"] == "pair" or "creating a session" in e.get("text", "")], events
+
+
+def test_no_check_outputs_times_different_models_and_says_so(tmp_path):
+    src = save(builders.conv_bn_model(seed=0), tmp_path / "model.onnx")
+    other = save(builders.conv_bn_model(seed=1), tmp_path / "unrelated.onnx")
+
+    result = run("bench", src, other, *FAST, "--no-check-outputs")
+
+    assert result.exit_code == 0, result.output
+    assert "Outputs not compared (--no-check-outputs): the two models may compute different things" in result.stdout
+
+
+def test_folded_in_memory_is_output_checked_too(tmp_path, monkeypatch):
+    """Were bnfold's own fold wrong, the bench would refuse it too, naming MODEL folded in memory
+    (a stand-in child reports what the real one reports on outputs that disagree)."""
+    src = save(builders.conv_bn_model(), tmp_path / "model.onnx")
+    monkeypatch.setattr(runner, "WORKER", [sys.executable, "-c", WRONG_OUTPUTS])
+
+    line = assert_one_error_line(run("bench", src, *FAST))
+
+    assert line.startswith(f"bnfold: error: {src} folded in memory: not comparable with {src}: on the same seeded "
+                           "input output 'Y' differs by up to 1 ")
+
+
+#: A stand-in measuring child whose output check found a difference (the real one's result format).
+WRONG_OUTPUTS = """import json, sys
+req = json.load(open(sys.argv[1]))
+check = {"checked": True, "backend": "onnxruntime (CPU, ORT_DISABLE_ALL)", "outputs": [],
+         "differences": ["output 'Y' differs by up to 1 (tolerance 0.0001 + 0.001·|original|)"]}
+json.dump({"settings": [], "inputs": {"X": [1, 4, 8, 8]}, "outputs_check": check}, open(req["result"], "w"))
+"""
 
 
 def test_model_onnxruntime_cannot_run_is_one_error_line(tmp_path):

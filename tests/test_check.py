@@ -166,7 +166,7 @@ def test_json_document(foldable, clean, unreadable):
     result = run("--format", "json", foldable, clean, unreadable)
     assert result.exit_code == 2
     doc = json.loads(result.stdout)
-    assert doc["summary"] == {"files": 2, "findings": 1, "errors": 1}
+    assert doc["summary"] == {"files": 2, "findings": 1, "errors": 1, "interrupted": None}
     by_path = {f["path"]: f for f in doc["files"]}
     assert by_path[str(foldable)] == {
         "path": str(foldable),
@@ -174,6 +174,7 @@ def test_json_document(foldable, clean, unreadable):
                       "into": "conv", "into_op": "Conv", "graph": "main"}],
         "error": None,
         "fixed": False,
+        "interrupted": None,
     }
     assert by_path[str(clean)]["findings"] == [] and by_path[str(clean)]["error"] is None
     assert by_path[str(unreadable)]["error"].startswith(f"{unreadable}: not an ONNX model")

@@ -6,14 +6,27 @@ one JSON object per line on the process's original stdout; everything else writt
 (native code included) is sent to stderr, so the progress stream stays parseable. The result
 (raw timings only: the parent computes every statistic) is written to the request's result file.
 
-Protocol, per setting (``disabled`` = ORT_DISABLE_ALL, ``default`` = onnxruntime's default level):
+First, unless the request turns it off, the output check (``bnfold.latency.interface``): both
+models run once on the seeded input, CPU, ``ORT_DISABLE_ALL``; every output of the original is
+compared with the folded model's within ``tolerance_for(dtype)``. If any differs, nothing is
+measured and the result says what differs (the parent refuses, naming the folded model).
 
-1. session creation: ``session_repeats`` sessions of each model, interleaved, timed one by one;
-   the last one of each is kept;
+Protocol, per setting (``disabled`` = ORT_DISABLE_ALL, ``default`` = onnxruntime's default level),
+in rounds r = 0, 1, ... (a fresh session of each model per round: sessions of the same model
+differ in latency by a persistent fraction of a percent, so the round is the statistical unit):
+
+1. session creation: two sessions of each model, each timed, in ABBA order (original, folded,
+   folded, original in even rounds; folded, original, original, folded in odd ones): the round's
+   two session pairs are one ABBA block; the second session of each model is kept for the runs;
 2. warm-up: ``warmup`` runs of each, interleaved, not timed;
-3. measured pairs: pair i runs the original first when i is even, the folded model first when i
-   is odd (ABBA: order effects cancel), until ``runs`` pairs or until ``time_budget`` seconds have
-   passed, whichever comes first, but never fewer than ``min_pairs``.
+3. timed pairs in alternating order (ABBA), the original first in the round's first pair in even
+   rounds and the folded model in odd ones, until the round's quota (``ceil(runs / rounds)``
+   pairs, at least 2, fewer in a last round that reaches ``runs``) or the round's deadline
+   (``start + (r+1)·time_budget/rounds``), but at least 2 pairs (one ABBA block); then both
+   sessions are released.
+
+Rounds stop after ``rounds`` rounds, at ``runs`` pairs in all, or once ``time_budget`` seconds have
+passed and at least ``min_pairs`` pairs were timed.
 
 Every session sets ``session.force_spinning_stop=1``: onnxruntime's intra-op threads otherwise keep
 spinning after a run, and with two sessions alive the idle one's spinning threads steal the CPU
@@ -28,11 +41,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import onnx
 
-from .._validate_worker import CannotRun, _strip_empty_trailing_outputs, make_inputs
+from .._validate_worker import CannotRun, _strip_empty_trailing_outputs, compare, make_inputs
 from ..errors import BnfoldError
 from ..io import read_model, write_model
+from .interface import output_differences
 
 #: Setting name → the graph optimization level it uses (None: leave onnxruntime's default).
 LEVELS = {"disabled": "ORT_DISABLE_ALL", "default": None}
@@ -119,59 +134,104 @@ def _timed_run(session, feeds) -> float:
     return (time.perf_counter() - start) * 1e3
 
 
+def _order(i: int) -> tuple[str, str]:
+    return ("original", "folded") if i % 2 == 0 else ("folded", "original")
+
+
 def _measure(setting: str, paths: dict[str, str], feeds, req: dict, progress: _Progress) -> dict:
     options = _options(setting, req["threads"])
     providers = [req["provider"]] + (["CPUExecutionProvider"] if req["provider"] != "CPUExecutionProvider" else [])
     level = LEVELS[setting] or str(options.graph_optimization_level).rsplit(".", 1)[-1]
-    sessions: dict[str, object] = {}
+    rounds, runs, budget = req["rounds"], req["runs"], req["time_budget"]
+    quota = max(2, -(-runs // rounds))
     creation: dict[str, list[float]] = {"original": [], "folded": []}
-    for i in range(req["session_repeats"]):
-        for which in ("original", "folded") if i % 2 == 0 else ("folded", "original"):
+    latency: dict[str, list[float]] = {"original": [], "folded": []}
+    first: list[str] = []
+    round_of: list[int] = []
+    used: list[str] = []
+    start = time.perf_counter()
+    reported = -1.0
+    for r in range(rounds):
+        sessions: dict[str, object] = {}
+        for which in (*_order(r), *_order(r + 1)):
             progress.stage(f"creating a session of the {which} model ({setting}: {level})", setting)
+            sessions.pop(which, None)  # one live session per model at most
             try:
                 sessions[which], ms = _create(paths[which], options, providers)
             except Exception as exc:
                 raise CannotRun(f"onnxruntime cannot load the {which} model ({level}): {_one_line(exc)}") from None
             creation[which].append(ms)
-    used = sessions["original"].get_providers()
-    runs = {"original": [], "folded": []}
-    first: list[str] = []
-    try:
-        for i in range(req["warmup"]):
-            for which in ("original", "folded") if i % 2 == 0 else ("folded", "original"):
-                progress.stage(f"warming up the {which} model ({setting}: {level})", setting)
-                sessions[which].run(None, feeds)
-        progress.stage(f"timing runs ({setting}: {level})", setting)
-        start = time.perf_counter()
-        stopped_by, reported = "runs", -1.0
-        while len(first) < req["runs"]:
-            order = ("original", "folded") if len(first) % 2 == 0 else ("folded", "original")
-            for which in order:
-                runs[which].append(_timed_run(sessions[which], feeds))
-            first.append(order[0])
-            elapsed = time.perf_counter() - start
-            over = elapsed >= req["time_budget"] and len(first) >= req["min_pairs"] and len(first) < req["runs"]
-            if elapsed - reported >= PROGRESS_INTERVAL or over or len(first) == req["runs"]:
-                # Throttled: every message wakes the parent, which then competes for the CPU.
-                progress.send("pair", setting=setting, pairs=len(first), runs=req["runs"], elapsed=elapsed,
-                              budget=req["time_budget"])
-                reported = elapsed
-            if over:
-                stopped_by = "time budget"
-                break
-    except Exception as exc:
-        raise CannotRun(f"running the models failed ({level}): {_one_line(exc)}") from None
+        used = sessions["original"].get_providers()
+        deadline = start + (r + 1) * budget / rounds
+        try:
+            # One message per round, before the warm-up: the parent's wake-up lands on untimed runs.
+            progress.stage(f"warming up and timing runs, round {r + 1} ({setting}: {level})", setting)
+            for i in range(req["warmup"]):
+                for which in _order(i):
+                    sessions[which].run(None, feeds)
+            target = min(quota, runs - len(first))
+            for i in range(target):
+                order = _order(r + i)  # whatever disturbs a round's first run hits both models alike
+                for which in order:
+                    latency[which].append(_timed_run(sessions[which], feeds))
+                first.append(order[0])
+                round_of.append(r)
+                now = time.perf_counter()
+                if now - start - reported >= PROGRESS_INTERVAL:  # throttled: each message wakes the parent
+                    progress.send("pair", setting=setting, pairs=len(first), runs=runs, elapsed=now - start,
+                                  budget=budget)
+                    reported = now - start
+                if i >= 1 and now >= deadline:
+                    break
+        except Exception as exc:
+            raise CannotRun(f"running the models failed ({level}): {_one_line(exc)}") from None
+        del sessions
+        elapsed = time.perf_counter() - start
+        if len(first) >= runs or (elapsed >= budget and len(first) >= req["min_pairs"]):
+            break
+    elapsed = time.perf_counter() - start
+    progress.send("pair", setting=setting, pairs=len(first), runs=runs, elapsed=elapsed, budget=budget)
     return {
         "name": setting,
         "optimization_level": level,
         "providers": used,
         "session_config": {key: options.get_session_config_entry(key) for key in SESSION_CONFIG},
         "session_ms": creation,
-        "latency_ms": runs,
+        "latency_ms": latency,
         "first": first,
-        "stopped_by": stopped_by,
-        "seconds": time.perf_counter() - start,
+        "round": round_of,
+        "stopped_by": "runs" if len(first) >= runs else "time budget",
+        "seconds": elapsed,
     }
+
+
+def _check_outputs(paths: dict[str, str], feeds, threads: int | None, progress: _Progress) -> dict:
+    """Both models once on ``feeds`` (CPU, ORT_DISABLE_ALL); every output of the original compared
+    with the folded model's output of the same name (``compare``: ``tolerance_for(dtype)``)."""
+    options = _options("disabled", threads)
+    outputs: dict[str, dict] = {}
+    for which in ("original", "folded"):
+        progress.stage(f"checking the outputs of the {which} model (ORT_DISABLE_ALL)")
+        try:
+            session, _ = _create(paths[which], options, ["CPUExecutionProvider"])
+        except Exception as exc:
+            raise CannotRun(f"onnxruntime cannot load the {which} model (ORT_DISABLE_ALL): {_one_line(exc)}") from None
+        try:
+            outputs[which] = dict(zip((o.name for o in session.get_outputs()), session.run(None, feeds)))
+        except Exception as exc:
+            raise CannotRun(f"running the {which} model failed (ORT_DISABLE_ALL): {_one_line(exc)}") from None
+        del session
+    comparisons = []
+    for name, ref in outputs["original"].items():
+        got = outputs["folded"].get(name)
+        if got is None:
+            comparisons.append({"name": name, "missing": True, "passed": False})
+            continue
+        ref, got = np.asarray(ref), np.asarray(got)  # ORT returns arrays for tensor outputs
+        c = compare(name, ref, got, None, None)
+        comparisons.append({**c, "folded_shape": list(got.shape), "folded_dtype": got.dtype.name})
+    return {"checked": True, "backend": "onnxruntime (CPU, ORT_DISABLE_ALL)", "outputs": comparisons,
+            "differences": output_differences(comparisons)}
 
 
 def main(request_path: str) -> int:
@@ -190,8 +250,11 @@ def main(request_path: str) -> int:
         feeds = make_inputs(original, req["input_shapes"], req["seed"], req["original"])
         del original
         result["inputs"] = {k: list(v.shape) for k, v in feeds.items()}
-        for setting in req["settings"]:
-            result["settings"].append(_measure(setting, paths, feeds, req, progress))
+        check = _check_outputs(paths, feeds, req["threads"], progress) if req["check_outputs"] else {"checked": False}
+        result["outputs_check"] = check
+        if not check.get("differences"):
+            for setting in req["settings"]:
+                result["settings"].append(_measure(setting, paths, feeds, req, progress))
     except (CannotRun, BnfoldError) as exc:  # BnfoldError: an unusable file or input shape
         result["error"] = str(exc)
     with open(req["result"], "w") as fh:

@@ -3,12 +3,18 @@
 matplotlib is optional (``pip install 'bnfold[plot]'``) and imported only here, lazily. The figure
 is drawn on matplotlib's Agg canvas directly (no pyplot, no global backend switch), so it works
 without a display and leaves a caller's own matplotlib state alone.
+
+Everything that can be known before measuring is checked before measuring (``require_matplotlib``,
+``check_destination``: a PNG name, an existing folder this process can create files in, an existing
+file it can overwrite); the command prints its results before drawing, so a plot that still fails
+(the folder removed meanwhile, a full disk) costs the figure only.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import tempfile
 from pathlib import Path
 
 from ..errors import BnfoldError
@@ -33,8 +39,18 @@ def check_destination(path: str | os.PathLike) -> None:
         raise BnfoldError(f"{path}: --plot writes a PNG file; give a name ending in .png")
     if path.is_dir():
         raise BnfoldError(f"{path}: --plot needs a file name, and this is a directory")
-    if not (path.parent if str(path.parent) else Path(".")).is_dir():
-        raise BnfoldError(f"{path}: the folder {path.parent} does not exist")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.exists():
+        raise BnfoldError(f"{path}: the folder {folder} does not exist")
+    if not folder.is_dir():
+        raise BnfoldError(f"{path}: {folder} is not a folder")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise BnfoldError(f"{path}: the file exists and cannot be overwritten")
+    try:  # whether a file can be created there: permissions, read-only file systems, quotas all say so
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".bnfold-plot-", suffix=".png"):
+            pass
+    except OSError as exc:
+        raise BnfoldError(f"{path}: cannot write in the folder {folder} ({exc.strerror or exc})") from None
 
 
 def plot_bench(result: BenchResult, path: str | os.PathLike) -> Path:
@@ -73,14 +89,19 @@ def plot_bench(result: BenchResult, path: str | os.PathLike) -> Path:
     rows += [(f"{s.name}: session creation", s.session_speedup) for s in result.settings]
     for y, (_, sp) in enumerate(rows):
         colour = "#2a7ab9" if sp.low > 1 else "#c0392b" if sp.high < 1 else "#8c8c8c"
-        right.errorbar([sp.ratio], [y], xerr=[[sp.ratio - sp.low], [sp.high - sp.ratio]], fmt="o", color=colour,
-                       capsize=4)
-        right.annotate(f"{sp.ratio:.3f} [{sp.low:.3f}, {sp.high:.3f}]", (sp.high, y), xytext=(6, 0),
-                       textcoords="offset points", va="center", fontsize=8)
+        if sp.bounded:
+            right.errorbar([sp.ratio], [y], xerr=[[sp.ratio - sp.low], [sp.high - sp.ratio]], fmt="o",
+                           color=colour, capsize=4)
+            label = f"{sp.ratio:.3f} [{sp.low:.3f}, {sp.high:.3f}]"
+        else:  # too few units for any interval: the estimate alone, and why
+            right.plot([sp.ratio], [y], "o", color=colour, fillstyle="none")
+            label = f"{sp.ratio:.3f}, no interval ({sp.n} {sp.unit} < {sp.min_units})"
+        right.annotate(label, (sp.high if sp.bounded else sp.ratio, y), xytext=(6, 0), textcoords="offset points",
+                       va="center", fontsize=8)
     right.axvline(1.0, color="black", linewidth=0.8, linestyle="--")
     right.set_xscale("log")  # a ratio and its inverse sit at equal distances from 1
-    lows = [min(sp.low, 1.0) for _, sp in rows] or [1.0]
-    highs = [max(sp.high, 1.0) for _, sp in rows] or [1.0]
+    lows = [min(sp.low if sp.bounded else sp.ratio, 1.0) for _, sp in rows] or [1.0]
+    highs = [max(sp.high if sp.bounded else sp.ratio, 1.0) for _, sp in rows] or [1.0]
     span = max(max(highs), 1 / min(lows), 1.05)
     lo, hi = 1 / span ** 1.15, span ** 1.6  # room on the right for the labels
     right.set_xlim(lo, hi)
@@ -89,9 +110,9 @@ def plot_bench(result: BenchResult, path: str | os.PathLike) -> Path:
     right.xaxis.set_minor_formatter(NullFormatter())
     right.set_yticks(range(len(rows)), [label for label, _ in rows])
     right.invert_yaxis()
-    confidence = f"{rows[0][1].confidence:.0%}" if rows else "95%"
-    right.set_xlabel("median(original) / median(folded), log scale")
-    right.set_title(f"Speedup, {confidence} interval (> 1: folded faster)", fontsize=10)
+    family = f"{rows[0][1].family_confidence:.0%}" if rows else "95%"
+    right.set_xlabel("median ratio original / folded, log scale")
+    right.set_title(f"Speedup (> 1: folded faster), intervals {family} jointly", fontsize=10)
     right.grid(axis="x", alpha=0.3)
 
     folded = result.folded or "folded in memory"

@@ -10,24 +10,51 @@ from rich.table import Table
 
 from ..report import _change, _size
 from .runner import SETTINGS, BenchResult, ProgressCallback
-from .stats import FASTER, SLOWER, Speedup
+from .stats import FASTER, NO_DIFFERENCE, Speedup
 
 
 def _ms(value: float) -> str:
     return f"{value:.3f}" if value < 10 else f"{value:.1f}" if value < 1000 else f"{value:.0f}"
 
 
+def _bound(value: float) -> str:
+    """Three decimals, more if three would round a value other than 1 to 1.000 (a verdict may rest on it)."""
+    for digits in range(3, 7):
+        text = f"{value:.{digits}f}"
+        if value == 1 or float(text) != 1:
+            break
+    return text
+
+
 def _ratio(s: Speedup) -> str:
-    return f"{s.ratio:.3f}×"
+    return f"{_bound(s.ratio)}×"
 
 
 def _interval(s: Speedup) -> str:
-    return f"[{s.low:.3f}, {s.high:.3f}]"
+    return f"[{_bound(s.low)}, {_bound(s.high)}]" if s.bounded else "unbounded"
 
 
 def _verdict(s: Speedup) -> str:
-    colour = {FASTER: "green", SLOWER: "red"}.get(s.verdict)
-    return f"[{colour}]{s.verdict}[/]" if colour else s.verdict
+    """The verdict; "no measurable difference" carries the resolution it was measured with."""
+    if s.verdict != NO_DIFFERENCE:
+        return f"[{'green' if s.verdict == FASTER else 'red'}]{s.verdict}[/]"
+    if not s.bounded:
+        return f"{s.verdict} (too few samples: {s.n} {s.unit}, an interval needs {s.min_units})"
+    return f"{s.verdict} (none beyond ±{(s.detectable - 1) * 100:.1f} %)"
+
+
+def _checks(result: BenchResult) -> str | None:
+    """What was checked before timing, in a line (None when the result does not say)."""
+    checks = result.checks
+    outputs = checks.get("outputs")
+    if outputs is None:
+        return None
+    if not outputs["checked"]:
+        return ("[yellow]Outputs not compared[/] (--no-check-outputs): the two models may compute different "
+                "things; the speedups compare their latencies only")
+    worst = max((o["max_abs"] for o in outputs["outputs"]), default=0.0)
+    return (f"Checked before timing: {checks.get('interface', '')}; every output agrees on one seeded input "
+            f"within tolerance ({outputs['backend']}; largest difference {worst:.2g})")
 
 
 def render_bench(result: BenchResult, console: Console) -> None:
@@ -46,34 +73,46 @@ def render_bench(result: BenchResult, console: Console) -> None:
 
 
 def render_latency(result: BenchResult, console: Console) -> None:
-    """The latency and speedup tables (``optimize --bench`` appends these to its report)."""
+    """The checks, latency and speedup tables (``optimize --bench`` appends these to its report)."""
     shapes = ", ".join(f"{k}={'x'.join(map(str, s))}" for k, s in result.inputs.items())
     threads = result.threads if result.threads is not None else "onnxruntime's default"
+    checked = _checks(result)
+    if checked:
+        console.print(checked)
     console.print(f"Latency: onnxruntime {result.onnxruntime}, {result.provider}, threads {threads}, inputs {shapes}, "
-                  f"seed {result.seed}; per setting {result.warmup} warm-up runs of each model, then interleaved "
-                  f"pairs (ABBA order) until {result.runs} pairs or {result.time_budget:g} s")
+                  f"seed {result.seed}; per setting up to {result.rounds} rounds, each a fresh session of each model "
+                  f"(creation timed), {result.warmup} warm-up runs of each, then interleaved pairs (ABBA order); "
+                  f"until {result.runs} pairs or {result.time_budget:g} s")
     table = Table(title="Latency per run (ms)", title_justify="left",
-                  caption=f"session: median time to create a session, of {result.session_repeats}", caption_justify="left")
-    for col in ("setting", "model", "runs", "median", "p90", "p99", "session"):
+                  caption="session: median time to create a session (n: sessions per model, two per round)",
+                  caption_justify="left")
+    for col in ("setting", "model", "runs", "median", "p90", "p99", "session", "n"):
         table.add_column(col, justify="left" if col in ("setting", "model") else "right")
     for s in result.settings:
         for which in ("original", "folded"):
-            lat = s.latency[which]
+            lat, ses = s.latency[which], s.session[which]
             table.add_row(s.name if which == "original" else "", which, str(lat.n), _ms(lat.median), _ms(lat.p90),
-                          _ms(lat.p99), _ms(s.session[which].median))
+                          _ms(lat.p99), _ms(ses.median), str(ses.n))
     console.print(table)
-    confidence = f"{result.settings[0].speedup.confidence:.0%}" if result.settings else "95%"
-    table = Table(title=f"Speedup = median(original) / median(folded), {confidence} interval", title_justify="left",
-                  caption="interval: paired bootstrap over the interleaved pairs", caption_justify="left")
-    for col in ("setting", "of", "speedup", "interval", "verdict"):
+    first = result.settings[0].speedup if result.settings else None
+    each = f"{first.confidence:.2%}" if first else ""
+    family = f"{first.family_confidence:.0%}" if first else ""
+    table = Table(title=f"Speedup = median ratio original/folded; {each} intervals, {family} for all "
+                        f"{2 * len(result.settings)} together (Bonferroni)", title_justify="left",
+                  caption="over: the independent units (run: rounds, each the median of its ABBA blocks; session: "
+                          "ABBA blocks of rounds); interval: exact order-statistic (sign-test) interval of the median; "
+                          "±: the resolution, how far the interval reaches from the estimate (a smaller effect could "
+                          "not have been seen)", caption_justify="left")
+    for col in ("setting", "of", "over", "speedup", "interval", "verdict"):
         table.add_column(col, justify="right" if col in ("speedup", "interval") else "left", overflow="fold")
     for s in result.settings:
-        table.add_row(s.name, "run", _ratio(s.speedup), _interval(s.speedup), _verdict(s.speedup))
-        table.add_row("", "session", _ratio(s.session_speedup), _interval(s.session_speedup),
-                      _verdict(s.session_speedup), end_section=True)
+        for of, sp in (("run", s.speedup), ("session", s.session_speedup)):
+            table.add_row(s.name if of == "run" else "", of, f"{sp.n} {sp.unit.removeprefix('ABBA ')}", _ratio(sp),
+                          _interval(sp), _verdict(sp), end_section=of == "session")
     console.print(table)
     for s in result.settings:
-        stopped = f"; stopped by the time budget after {len(s.first)} pairs" if s.stopped_by == "time budget" else ""
+        stopped = (f"; stopped by the time budget after {len(s.first)} pairs in {len(set(s.rounds))} rounds"
+                   if s.stopped_by == "time budget" else "")
         console.print(f"  {s.name} ({s.optimization_level}): {s.meaning}{stopped}")
 
 

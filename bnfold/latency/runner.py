@@ -4,8 +4,14 @@ Prepares the two model files (folding in memory and writing the result to a temp
 when no folded model is given), runs ``bnfold.latency._worker`` in a child process (a runtime
 crash becomes a one-line ``BnfoldError``, not a dead bnfold), forwards the child's progress
 events, and turns the raw timings into a ``BenchResult``: per setting the latency summaries, the
-speedup ``median(original) / median(folded)`` with its paired bootstrap interval, and the same
-for session creation. Statistics are computed here, from the raw numbers the JSON also carries.
+per-run speedup (over rounds of fresh sessions) and the session-creation speedup (over ABBA
+blocks), each with its exact interval; the four intervals hold together at 95 %
+(``bnfold.latency.stats``).
+Statistics are computed here, from the raw numbers the JSON also carries.
+
+Before anything is timed, a given folded model must have the original's interface, and both must
+agree on one seeded run (``bnfold.latency.interface``); otherwise a BnfoldError names the folded
+model. ``BenchOptions.check_outputs`` False skips the output part (inputs are always checked).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import onnx
 
 from ..errors import BnfoldError
 from ..stats import ModelStats, model_stats
-from . import MIN_PAIRS, RUNS, SESSION_REPEATS, TIME_BUDGET, WARMUP, stats
+from . import MIN_PAIRS, MIN_ROUNDS, ROUNDS, RUNS, TIME_BUDGET, WARMUP, interface, stats
 
 #: The settings, in the order they run and are reported, with what each one stands for.
 SETTINGS = {
@@ -33,6 +39,8 @@ SETTINGS = {
     "default": "onnxruntime's default level, which fuses Conv+BN itself at session creation: "
                "what a plain onnxruntime deployment sees",
 }
+#: ``checks["interface"]`` of a folded model bnfold made itself from the original.
+FOLDED_HERE = "folded by bnfold from the original"
 #: How the child is started; a list so tests can substitute a misbehaving child.
 WORKER = [sys.executable, "-m", "bnfold.latency._worker"]
 
@@ -42,16 +50,20 @@ ProgressCallback = Callable[[dict], None]
 @dataclass(frozen=True)
 class BenchOptions:
     """How to measure. ``runs`` and ``time_budget`` (seconds) apply per setting; measuring stops at
-    whichever comes first, after at least ``MIN_PAIRS`` pairs. ``threads`` None keeps onnxruntime's
-    default intra-op thread count; ``provider`` None means CPU. ``on_progress`` receives the child's
-    events (``{"event": "stage"|"pair"|"done", ...}``)."""
+    whichever comes first, after at least ``MIN_PAIRS`` pairs. They are spread over ``rounds``
+    rounds, each with fresh sessions of both models (their creation timed), or fewer rounds when
+    the budget runs out first (``bnfold.latency._worker``). ``threads`` None keeps onnxruntime's
+    default intra-op thread count; ``provider`` None means CPU. ``check_outputs`` False skips the
+    output check (module docstring). ``on_progress`` receives the child's events
+    (``{"event": "stage"|"pair"|"done", ...}``)."""
 
     runs: int = RUNS
     time_budget: float = TIME_BUDGET
     warmup: int = WARMUP
     threads: int | None = None
     provider: str | None = None
-    session_repeats: int = SESSION_REPEATS
+    rounds: int = ROUNDS
+    check_outputs: bool = True
     on_progress: ProgressCallback | None = field(default=None, compare=False, repr=False)
 
     def checked(self) -> BenchOptions:
@@ -60,8 +72,10 @@ class BenchOptions:
             raise BnfoldError(f"--runs must be at least {MIN_PAIRS} (a confidence interval needs a few pairs)")
         if not self.time_budget > 0:
             raise BnfoldError("--time-budget must be more than 0 seconds")
-        if self.warmup < 0 or self.session_repeats < 1:
-            raise BnfoldError("--warmup must be 0 or more and session repeats at least 1")
+        if self.warmup < 0:
+            raise BnfoldError("--warmup must be 0 or more")
+        if self.rounds < MIN_ROUNDS:
+            raise BnfoldError(f"--rounds must be at least {MIN_ROUNDS}")
         if self.threads is not None and self.threads < 1:
             raise BnfoldError("--threads must be at least 1")
         return replace(self, provider=resolve_provider(self.provider))
@@ -102,7 +116,9 @@ class ModelFigures:
 class SettingResult:
     """One optimization setting: raw timings (ms) and what they say.
 
-    ``original_ms[i]`` and ``folded_ms[i]`` are pair i; ``first[i]`` says which of the two ran first.
+    ``original_ms[i]`` and ``folded_ms[i]`` are pair i; ``first[i]`` says which of the two ran first
+    and ``rounds[i]`` in which round (fresh sessions) it ran. Session creation has two pairs per round
+    (one ABBA block).
     """
 
     name: str
@@ -113,6 +129,7 @@ class SettingResult:
     original_ms: list[float]
     folded_ms: list[float]
     first: list[str]
+    rounds: list[int]
     session_original_ms: list[float]
     session_folded_ms: list[float]
     stopped_by: str
@@ -123,16 +140,16 @@ class SettingResult:
     session_speedup: stats.Speedup
 
     @classmethod
-    def from_raw(cls, raw: dict, seed: int) -> SettingResult:
+    def from_raw(cls, raw: dict) -> SettingResult:
         runs, sessions = raw["latency_ms"], raw["session_ms"]
         return cls(
             raw["name"], raw["optimization_level"], SETTINGS[raw["name"]], raw["providers"], raw["session_config"],
-            runs["original"], runs["folded"], raw["first"], sessions["original"], sessions["folded"],
+            runs["original"], runs["folded"], raw["first"], raw["round"], sessions["original"], sessions["folded"],
             raw["stopped_by"], raw["seconds"],
             latency={k: stats.summarize(v) for k, v in runs.items()},
-            speedup=stats.speedup(runs["original"], runs["folded"], seed=seed),
+            speedup=stats.round_speedup(runs["original"], runs["folded"], raw["round"]),
             session={k: stats.summarize(v) for k, v in sessions.items()},
-            session_speedup=stats.speedup(sessions["original"], sessions["folded"], seed=seed),
+            session_speedup=stats.speedup(sessions["original"], sessions["folded"]),
         )
 
     def to_dict(self) -> dict:
@@ -143,6 +160,7 @@ class SettingResult:
             "providers": self.providers,
             "session_config": self.session_config,
             "pairs": len(self.first),
+            "rounds": len(set(self.rounds)),
             "stopped_by": self.stopped_by,
             "seconds": self.seconds,
             "latency_ms": {k: v.to_dict() for k, v in self.latency.items()},
@@ -153,6 +171,7 @@ class SettingResult:
                 "original_ms": self.original_ms,
                 "folded_ms": self.folded_ms,
                 "first": self.first,
+                "round": self.rounds,
                 "session_original_ms": self.session_original_ms,
                 "session_folded_ms": self.session_folded_ms,
             },
@@ -162,7 +181,9 @@ class SettingResult:
 @dataclass
 class BenchResult:
     """What ``bench`` measured. ``folded`` is None when the folded model was made in memory
-    (``folds`` then counts the folds; it is None when a folded model was given)."""
+    (``folds`` then counts the folds; it is None when a folded model was given). ``checks`` says
+    what was checked before timing: ``{"interface": how FOLDED is known to take MODEL's inputs,
+    "outputs": {"checked": bool, ...}}``."""
 
     original: str
     folded: str | None
@@ -176,10 +197,11 @@ class BenchResult:
     warmup: int
     runs: int
     time_budget: float
-    session_repeats: int
+    rounds: int
     onnxruntime: str
     settings: list[SettingResult]
     seconds: float = 0.0
+    checks: dict = field(default_factory=dict)
 
     def setting(self, name: str) -> SettingResult:
         return next(s for s in self.settings if s.name == name)
@@ -198,11 +220,20 @@ class BenchResult:
                 "max_pairs": self.runs,
                 "time_budget_s": self.time_budget,
                 "min_pairs": MIN_PAIRS,
-                "session_repeats": self.session_repeats,
-                "order": "interleaved pairs, original first in even pairs, folded first in odd ones (ABBA)",
-                "speedup": "median(original) / median(folded); above 1 the folded model is faster; "
-                           "interval: paired percentile bootstrap over the pairs",
+                "max_rounds": self.rounds,
+                "order": "rounds, each creating two sessions of each model (timed, ABBA: original first in even "
+                         "rounds) and keeping the second; then interleaved pairs in alternating order (ABBA), the "
+                         "original first in the round's first pair in even rounds; a round's pairs 2j and 2j+1 "
+                         "form its block j",
+                "speedup": "block ratio sqrt(original[2j]*original[2j+1] / (folded[2j]*folded[2j+1])); per run: "
+                           "median over rounds of the median block ratio of each round; session creation: median "
+                           "block ratio over rounds; above 1 the folded model is faster; interval: exact "
+                           "order-statistic (sign-test) interval of that median",
+                "family": {"confidence": stats.FAMILY_CONFIDENCE, "intervals": stats.FAMILY_SIZE,
+                           "correction": "Bonferroni", "interval_confidence": stats.CONFIDENCE,
+                           "min_units": stats.min_units(stats.CONFIDENCE)},
             },
+            "checks": self.checks,
             "settings": [s.to_dict() for s in self.settings],
             "seconds": self.seconds,
         }
@@ -220,8 +251,11 @@ def bench(
     """Latency of ``original`` against ``folded`` (default: ``original`` folded in memory).
 
     Both settings (``disabled``, ``default``) are measured; see ``bnfold.latency._worker`` for the
-    protocol. ``seed`` seeds the random inputs and the bootstrap. Raises BnfoldError for unusable
-    models or options, and when the runtime cannot run a model or crashes (the message says where).
+    protocol. ``seed`` seeds the random inputs. A given ``folded`` must have ``original``'s
+    interface and (unless ``options.check_outputs`` is False) its outputs on the seeded input, as a
+    folded model made here must too (``bnfold.latency.interface``). Raises BnfoldError for unusable
+    or incomparable models (naming the file at fault) or options, and when the runtime cannot run a
+    model or crashes (the message says where).
     """
     from ..folding import fold
     from ..io import write_model
@@ -232,7 +266,8 @@ def bench(
     with tempfile.TemporaryDirectory(prefix="bnfold-bench-") as workdir:
         original_path, model, data_files, original_bytes, base_dir = _materialize(original, workdir, "original.onnx")
         label = str(original_path) if not isinstance(original, onnx.ModelProto) else "<in-memory model>"
-        check_input_bytes(label, model, resolve_shapes(label, model, input_shapes))  # before anything runs
+        shapes = resolve_shapes(label, model, input_shapes)
+        check_input_bytes(label, model, shapes)  # before anything runs
         before = ModelFigures.of(model_stats(model), original_bytes)
         if folded is None:
             # A model we loaded ourselves may be folded in place; one the caller gave us may not.
@@ -243,13 +278,16 @@ def bench(
             del result
         else:
             folded_path, other, _, folded_bytes, _ = _materialize(folded, workdir, "folded.onnx")
-            _check_same_inputs(original_path, model, folded_path, other)
+            folded_label = str(folded_path) if not isinstance(folded, onnx.ModelProto) else "<in-memory folded model>"
+            interface.check_interface(label, model, folded_label, other, shapes, outputs=options.check_outputs)
+            checked_interface = ("same inputs and outputs as the original" if options.check_outputs
+                                 else "same inputs as the original (outputs not compared)")
             after, folds = ModelFigures.of(model_stats(other), folded_bytes), None
-            folded_label = str(folded_path) if not isinstance(folded, onnx.ModelProto) else "<in-memory model>"
             del other
         del model
         return run_bench(original_path, folded_path, before=before, after=after, folds=folds, input_shapes=input_shapes,
-                         seed=seed, options=options, original_label=label, folded_label=folded_label, checked=True)
+                         seed=seed, options=options, original_label=label, folded_label=folded_label, checked=True,
+                         interface_note=FOLDED_HERE if folded is None else checked_interface)
 
 
 def run_bench(
@@ -265,8 +303,12 @@ def run_bench(
     original_label: str | None = None,
     folded_label: str | None = None,
     checked: bool = False,
+    interface_note: str = FOLDED_HERE,
 ) -> BenchResult:
-    """Measure two model files already on disk (``bench`` and ``optimize --bench`` end here)."""
+    """Measure two model files already on disk (``bench`` and ``optimize --bench`` end here). The
+    output check runs here (in the child) whoever called; ``folded_label`` None means the folded
+    model was made in memory from ``original``; ``interface_note`` says how ``folded`` is known to
+    have ``original``'s interface (``checks["interface"]``)."""
     import onnxruntime as ort
 
     if not checked:
@@ -286,18 +328,33 @@ def run_bench(
             "runs": options.runs,
             "time_budget": options.time_budget,
             "min_pairs": min(MIN_PAIRS, options.runs),
-            "session_repeats": options.session_repeats,
+            "rounds": options.rounds,
+            "check_outputs": options.check_outputs,
             "result": os.path.join(workdir, "result.json"),
         }
         raw = _run_child(request, workdir, options.on_progress, label)
     if raw.get("error"):
         raise BnfoldError(f"{label}: latency not measured: {raw['error']}")
+    check = raw["outputs_check"]
+    if check.get("differences"):
+        raise BnfoldError(interface.outputs_refusal(folded_label or f"{label} folded in memory", label,
+                                                    check["differences"]))
     return BenchResult(
         original=label, folded=folded_label, folds=folds, before=before, after=after, provider=options.provider,
         threads=options.threads, inputs=raw["inputs"], seed=seed, warmup=options.warmup, runs=options.runs,
-        time_budget=options.time_budget, session_repeats=options.session_repeats, onnxruntime=ort.__version__,
-        settings=[SettingResult.from_raw(s, seed) for s in raw["settings"]], seconds=time.perf_counter() - start,
+        time_budget=options.time_budget, rounds=options.rounds, onnxruntime=ort.__version__,
+        settings=[SettingResult.from_raw(s) for s in raw["settings"]], seconds=time.perf_counter() - start,
+        checks={"interface": interface_note, "outputs": _outputs_check(check)},
     )
+
+
+def _outputs_check(check: dict) -> dict:
+    """``BenchResult.checks["outputs"]`` from the child's output check."""
+    if not check["checked"]:
+        return {"checked": False, "reason": "--no-check-outputs"}
+    keep = ("name", "dtype", "shape", "max_abs", "max_rel", "atol", "rtol", "passed")
+    return {"checked": True, "backend": check["backend"],
+            "outputs": [{k: c[k] for k in keep} for c in check["outputs"]]}
 
 
 def _materialize(model, workdir: str, name: str) -> tuple[Path, onnx.ModelProto, list[Path], int, Path | None]:
@@ -312,17 +369,6 @@ def _materialize(model, workdir: str, name: str) -> tuple[Path, onnx.ModelProto,
     path = Path(model)
     loaded, data_files = read_model(path, lazy=True)
     return path, loaded, data_files, sum(f.stat().st_size for f in [path, *data_files] if f.exists()), path.parent
-
-
-def _check_same_inputs(a_path: Path, a: onnx.ModelProto, b_path: Path, b: onnx.ModelProto) -> None:
-    def signature(model: onnx.ModelProto) -> list[tuple[str, int]]:
-        inits = {t.name for t in model.graph.initializer}
-        return [(i.name, i.type.tensor_type.elem_type) for i in model.graph.input if i.name not in inits]
-
-    if sorted(signature(a)) != sorted(signature(b)):
-        names_a, names_b = (", ".join(n for n, _ in signature(m)) or "none" for m in (a, b))
-        raise BnfoldError(f"{b_path}: its inputs ({names_b}) differ from those of {a_path} ({names_a}); "
-                          "both models must take the same inputs")
 
 
 def _run_child(request: dict, workdir: str, on_progress: ProgressCallback | None, label: str) -> dict:
