@@ -42,7 +42,7 @@ from pathlib import Path
 from . import signals, staging
 from .check import collect
 from .errors import BnfoldError
-from .validation import failure_reason
+from .validation import DEFAULT_TIMEOUT, failure_reason
 
 FOLDED_SUFFIX = ".folded.onnx"
 
@@ -78,6 +78,7 @@ class Options:
     rtol: float | None = None
     seed: int = 0
     external_data: bool = False
+    validate_timeout: float | None = DEFAULT_TIMEOUT
 
 
 @dataclass
@@ -291,7 +292,7 @@ def _fold(job: Job, options: Options, debug: bool) -> Outcome:
         report = optimize(job.input, job.output, in_place=options.in_place,
                           validate_output=options.validate_output, input_shapes=options.input_shapes or None,
                           atol=options.atol, rtol=options.rtol, seed=options.seed,
-                          external_data=options.external_data)
+                          external_data=options.external_data, validate_timeout=options.validate_timeout)
     except BnfoldError as exc:
         return Outcome(job.input, error=str(exc), traceback=traceback.format_exc() if debug else None)
     except Exception as exc:  # a model shape nobody foresaw: one line naming the file, go on
@@ -458,18 +459,20 @@ def render_summary(outcomes: list[Outcome], console, interrupted: signals.Interr
     """One row per file: folds, refusals, validation, nodes before→after, status; then the totals."""
     from rich.table import Table
 
+    from .text import markup_safe as safe
+
     table = Table(title="bnfold optimize", title_justify="left")
     for col in ("file", "folds", "refusals", "validation", "nodes before→after", "status"):
         table.add_column(col, overflow="fold")
     for o in outcomes:
         r = o.report
         if r is None:
-            status = (f"written → {o.output}" if o.written else f"[red]{STATUS_WORDS[o.status]}[/]" if o.status == UNUSABLE
+            status = (f"written → {safe(o.output)}" if o.written else f"[red]{STATUS_WORDS[o.status]}[/]" if o.status == UNUSABLE
                       else f"[yellow]{STATUS_WORDS[o.status]}[/]")
-            table.add_row(o.input, "-", "-", "-", "-", status)
+            table.add_row(safe(o.input), "-", "-", "-", "-", status)
             continue
-        status = f"written → {r['output']}" if r["written"] else "[red]validation failed[/]"
-        table.add_row(o.input, str(len(r["folds"])), str(len(r["refusals"])), _validation_cell(r),
+        status = f"written → {safe(r['output'])}" if r["written"] else "[red]validation failed[/]"
+        table.add_row(safe(o.input), str(len(r["folds"])), str(len(r["refusals"])), _validation_cell(r),
                       f"{r['before']['nodes']}→{r['after']['nodes']}", status)
     console.print(table)
     s = summary(outcomes)

@@ -21,17 +21,18 @@ in progress, or one a SIGKILL cut short, is never taken for a model.
 from __future__ import annotations
 
 import glob
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import jsonout, scan
 from . import signals, staging
 from .config import is_ignored
 from .errors import BnfoldError
 from .rules import Fold, Refusal, Rule
-from .validation import failure_reason
+from .text import printable
+from .validation import DEFAULT_TIMEOUT, failure_reason
 
 FORMATS = ("text", "json", "github")
 #: ``FileCheck.interrupted``: a fix in progress was undone (the file is untouched); the file was
@@ -86,18 +87,21 @@ def collect(paths: list[str] | tuple[str, ...], ignore: Sequence[tuple[Path, str
     seen: set[str] = set()
     for arg in paths:
         if os.path.lexists(arg):
+            if not (os.path.isdir(arg) or scan.is_regular(arg)):  # named: say why it is not read
+                checks.append(FileCheck(arg, error=f"{arg}: {scan.kind_of(arg)}, not a regular file: not read",
+                                        unreadable=True))
+                continue
             matches = [arg]
         elif glob.has_magic(arg):
-            matches = sorted(m for m in glob.glob(arg, recursive=True) if not staging.is_staging(m))
+            matches = scan.expand(arg)
         else:
             checks.append(FileCheck(arg, error=f"{arg}: no such file or directory", unreadable=True))
             continue
         files: list[str] = []
         for match in matches:
             if os.path.isdir(match):
-                files += sorted(str(p) for p in Path(match).rglob("*.onnx")
-                                if p.is_file() and not staging.is_staging(p.relative_to(match)))
-            else:
+                files += scan.models_in(match)
+            elif scan.is_regular(match):  # a FIFO or device among the matches is not a model
                 files.append(match)
         if not files:
             why = "no .onnx file in this folder" if os.path.isdir(arg) else "matches no file"
@@ -122,6 +126,7 @@ def check_file(
     rules: Sequence[Rule] | None = None,
     atol: float | None = None,
     rtol: float | None = None,
+    validate_timeout: float | None = DEFAULT_TIMEOUT,
 ) -> FileCheck:
     """Fold ``item.path`` in memory and record folds and refusals; with ``fix``, apply them.
 
@@ -139,7 +144,7 @@ def check_file(
         result = fold(model, rules, in_place=True, base_dir=Path(item.path).parent)
         item.findings, item.refusals = list(result.folds), list(result.refusals)
         if fix and item.findings:
-            _fix(item, rules, atol, rtol)
+            _fix(item, rules, atol, rtol, validate_timeout)
     except BnfoldError as exc:
         item.error, item.unreadable = str(exc), True
     except Exception as exc:  # a model shape nobody foresaw: one line naming the file, go on
@@ -147,12 +152,13 @@ def check_file(
     return item
 
 
-def _fix(item: FileCheck, rules: Sequence[Rule] | None, atol: float | None, rtol: float | None) -> None:
+def _fix(item: FileCheck, rules: Sequence[Rule] | None, atol: float | None, rtol: float | None,
+         validate_timeout: float | None = DEFAULT_TIMEOUT) -> None:
     """Exactly what ``bnfold optimize --in-place`` does, with the chosen rules."""
     from .pipeline import optimize
 
     staging.check_names(item.path, os.path.realpath(item.path))
-    report = optimize(item.path, in_place=True, atol=atol, rtol=rtol, rules=rules)
+    report = optimize(item.path, in_place=True, atol=atol, rtol=rtol, rules=rules, validate_timeout=validate_timeout)
     item.findings, item.refusals = list(report.result.folds), list(report.result.refusals)
     if report.ok and report.written:
         item.fixed = True
@@ -170,6 +176,7 @@ def run_check(
     ignore: Sequence[tuple[Path, str]] = (),
     atol: float | None = None,
     rtol: float | None = None,
+    validate_timeout: float | None = DEFAULT_TIMEOUT,
 ) -> tuple[list[FileCheck], signals.Interrupted | None]:
     """``collect`` then ``check_file`` on each: every file is checked whatever happened to the others.
 
@@ -182,7 +189,7 @@ def run_check(
     try:
         for item in checks:
             mark = staging.commit_count()
-            check_file(item, fix=fix, rules=rules, atol=atol, rtol=rtol)
+            check_file(item, fix=fix, rules=rules, atol=atol, rtol=rtol, validate_timeout=validate_timeout)
             done += 1
         return checks, None
     except signals.Interrupted as exc:
@@ -234,7 +241,7 @@ def render(checks: list[FileCheck], fmt: str = "text", *, verbose: bool = False,
            interrupted: signals.Interrupted | None = None) -> tuple[list[str], list[str]]:
     """(stdout lines, stderr lines). Every error also goes to stderr as ``bnfold: error: ...``; after
     a signal, each file it stopped says so and stderr ends with what was and was not done."""
-    err = [f"bnfold: error: {' '.join(c.error.split())}" for c in checks if c.error]
+    err = [f"bnfold: error: {printable(' '.join(c.error.split()))}" for c in checks if c.error]
     if interrupted is not None:
         err.append(f"bnfold: {interrupted}: {_interrupted_counts(checks)}")
     if fmt == "json":
@@ -247,13 +254,13 @@ def render(checks: list[FileCheck], fmt: str = "text", *, verbose: bool = False,
                 "interrupted": interrupted.name if interrupted is not None else None,
             },
         }
-        return [json.dumps(doc, indent=2)], err
+        return [jsonout.dumps(doc)], err
     out: list[str] = []
     for c in checks:
         if c.interrupted:
             line = f"{c.interrupted} ({interrupted}{'; file left untouched' if c.interrupted == ROLLED_BACK else ''})"
             out.append(f"::warning file={_gh_property(c.path)},title=bnfold::{_gh_data(line)}" if fmt == "github"
-                       else f"{c.path}: {line}")
+                       else printable(f"{c.path}: {line}"))
         else:
             out += _github_lines(c, verbose) if fmt == "github" else _text_lines(c, verbose)
     return out, err
@@ -274,7 +281,7 @@ def _text_lines(c: FileCheck, verbose: bool) -> list[str]:
     lines = [f"{c.path}: {describe_fixed(c)}"] if c.fixed else [f"{c.path}: {describe_fold(f)}" for f in c.findings]
     if verbose:
         lines += [f"{c.path}: {describe_refusal(r)}" for r in c.refusals]
-    return lines
+    return [printable(line) for line in lines]  # a newline in a name must not make a line of its own
 
 
 def _github_lines(c: FileCheck, verbose: bool) -> list[str]:
@@ -294,7 +301,9 @@ def _github_lines(c: FileCheck, verbose: bool) -> list[str]:
 
 
 def _gh_data(text: str) -> str:
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    """GitHub's escapes for a workflow command's message; other control characters made visible."""
+    text = text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    return printable(text)
 
 
 def _gh_property(text: str) -> str:

@@ -10,20 +10,21 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import sys
 import traceback
 
 import click
 
-from . import signals
+from . import jsonout, signals
 
 EXIT_OK, EXIT_VALIDATION_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def _fail(message: str) -> None:
-    click.echo(f"bnfold: error: {' '.join(message.split())}", err=True)
+    from .text import printable
+
+    click.echo(f"bnfold: error: {printable(' '.join(message.split()))}", err=True)
 
 
 class _BnfoldGroup(click.Group):
@@ -36,7 +37,8 @@ class _BnfoldGroup(click.Group):
 
     def main(self, args=None, prog_name=None, **extra):
         args = list(sys.argv[1:] if args is None else args)
-        debug = "--debug" in args
+        options = args[:args.index("--")] if "--" in args else args  # after --, "--debug" is a file name
+        debug = "--debug" in options
         extra.pop("standalone_mode", None)
         with signals.raising():
             code = self._run(args, prog_name, debug, extra)
@@ -80,6 +82,15 @@ def _input_options(command):
     return click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS",
                         help="Shape for an input with symbolic dims, e.g. input=1x3x224x224 (repeatable; default 1 per "
                              "symbolic dim).")(command)
+
+
+def _timeout_option(command):
+    """--validate-timeout: the time limit of a validation (0: none)."""
+    from .limits import VALIDATE_TIMEOUT
+
+    return click.option("--validate-timeout", type=click.FloatRange(min=0), default=VALIDATE_TIMEOUT, show_default=True,
+                        metavar="SECONDS", callback=lambda ctx, param, value: value or None,
+                        help="Abandon a validation after this long and say so (0: no limit).")(command)
 
 
 def _bench_options(command):
@@ -135,6 +146,7 @@ def cli() -> None:
 @click.option("--rtol", type=float, default=None, help="Relative tolerance (default per dtype: float32 1e-3, float16 1e-2).")
 @click.option("--external-data", is_flag=True,
               help="Store tensors in a side file <OUTPUT>.data (automatic when the input had external data or the result exceeds 2 GB).")
+@_timeout_option
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Fold this many files at once, each in its own process.")
 @click.option("--bench", "bench", is_flag=True,
@@ -142,8 +154,8 @@ def cli() -> None:
 @_bench_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def optimize(models, output, in_place, validate, input_shapes, atol, rtol, seed, external_data, jobs, bench, runs,
-             time_budget, warmup, threads, provider, as_json, debug) -> int:
+def optimize(models, output, in_place, validate, input_shapes, atol, rtol, seed, external_data, validate_timeout, jobs,
+             bench, runs, time_budget, warmup, threads, provider, as_json, debug) -> int:
     """Fold each MODEL and write the result, validated, atomically.
 
     MODEL is a model file, a folder (searched recursively for *.onnx, skipping *.folded.onnx) or a
@@ -175,7 +187,7 @@ def optimize(models, output, in_place, validate, input_shapes, atol, rtol, seed,
         if bench:
             raise BnfoldError("--bench measures one model at a time; give a single MODEL file")
         return _optimize_batch(models, output, in_place, validate, shapes, atol, rtol, seed, external_data, jobs,
-                               as_json, debug)
+                               as_json, debug, validate_timeout)
     [model] = models
     if output is not None and os.path.isdir(output):  # an existing folder: the result keeps the file's name
         output = os.path.join(output, os.path.basename(model))
@@ -196,7 +208,8 @@ def optimize(models, output, in_place, validate, input_shapes, atol, rtol, seed,
             if bench_options is not None:
                 bench_options = dataclasses.replace(bench_options, on_progress=on_progress)
             report = run_optimize(model, output, in_place=in_place, validate_output=validate, input_shapes=shapes,
-                                  atol=atol, rtol=rtol, seed=seed, external_data=external_data, bench=bench_options)
+                                  atol=atol, rtol=rtol, seed=seed, external_data=external_data, bench=bench_options,
+                                  validate_timeout=validate_timeout)
     except signals.Interrupted as exc:
         done = (f"written → {dest} (before the signal took effect)" if staging.commit_count() > mark
                 else "rolled back, nothing written")
@@ -207,7 +220,7 @@ def optimize(models, output, in_place, validate, input_shapes, atol, rtol, seed,
     except Exception as exc:  # name the file in the one-line error
         raise _InternalError(model, exc) from exc
     if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2))
+        click.echo(jsonout.dumps(report.to_dict()))
     else:
         from rich.console import Console
 
@@ -226,7 +239,7 @@ def optimize(models, output, in_place, validate, input_shapes, atol, rtol, seed,
 
 
 def _optimize_batch(models, output, in_place, validate, shapes, atol, rtol, seed, external_data, jobs, as_json,
-                    debug) -> int:
+                    debug, validate_timeout) -> int:
     """``bnfold optimize`` on several files: see ``bnfold.batch``."""
     from rich.console import Console
 
@@ -245,7 +258,7 @@ def _optimize_batch(models, output, in_place, validate, shapes, atol, rtol, seed
     if output is not None:
         os.makedirs(output, exist_ok=True)
     options = batch.Options(in_place=in_place, validate_output=validate, input_shapes=shapes, atol=atol, rtol=rtol,
-                            seed=seed, external_data=external_data)
+                            seed=seed, external_data=external_data, validate_timeout=validate_timeout)
     if sys.stderr.isatty():  # a progress bar only for a person watching; CliRunner and pipes stay clean
         from rich import progress as bar
 
@@ -262,7 +275,7 @@ def _optimize_batch(models, output, in_place, validate, shapes, atol, rtol, seed
     else:
         outcomes, interrupted = batch.run_jobs(todo, options, workers=jobs, debug=debug)
     if as_json:
-        click.echo(json.dumps(batch.to_json(outcomes, interrupted), indent=2))
+        click.echo(jsonout.dumps(batch.to_json(outcomes, interrupted)))
     else:
         batch.render_summary(outcomes, Console(highlight=False, soft_wrap=False), interrupted)
     for outcome in outcomes:
@@ -287,8 +300,9 @@ def _optimize_batch(models, output, in_place, validate, shapes, atol, rtol, seed
               help="Skip paths matching this glob, relative to the current folder (repeatable; adds to [tool.bnfold] ignore).")
 @click.option("--atol", type=float, default=None, help="Absolute tolerance for --fix (default: [tool.bnfold] atol, else per dtype).")
 @click.option("--rtol", type=float, default=None, help="Relative tolerance for --fix (default: [tool.bnfold] rtol, else per dtype).")
+@_timeout_option
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def check(paths, fix, fmt, verbose, disable, ignore, atol, rtol, debug) -> int:
+def check(paths, fix, fmt, verbose, disable, ignore, atol, rtol, validate_timeout, debug) -> int:
     """Report what can fold in each model, like a linter; exit 1 when something can.
 
     PATH is a model, a folder (searched recursively for *.onnx) or a glob pattern. Settings come
@@ -307,7 +321,7 @@ def check(paths, fix, fmt, verbose, disable, ignore, atol, rtol, debug) -> int:
     from pathlib import Path
 
     from .check import exit_code, render, run_check
-    from .config import check_rule_names, load_settings
+    from .config import check_globs, check_rule_names, load_settings
     from .rules import DEFAULT_RULES
     from .tolerances import check_tolerances
 
@@ -316,11 +330,12 @@ def check(paths, fix, fmt, verbose, disable, ignore, atol, rtol, debug) -> int:
     if settings.warning:
         click.echo(f"bnfold: warning: {settings.warning}", err=True)
     check_rule_names(disable, "--disable")
+    check_globs(ignore, "--ignore")
     disabled = {*settings.disable, *disable}
     rules = [r for r in DEFAULT_RULES if r.name not in disabled] if disabled else None
     globs = [(settings.root, g) for g in settings.ignore] + [(Path.cwd(), g) for g in ignore]
     checks, interrupted = run_check(paths, fix=fix, rules=rules, ignore=globs, atol=settings.atol if atol is None else atol,
-                                    rtol=settings.rtol if rtol is None else rtol)
+                                    rtol=settings.rtol if rtol is None else rtol, validate_timeout=validate_timeout)
     out, err = render(checks, fmt, verbose=verbose, interrupted=interrupted)
     for line in out:
         click.echo(line)
@@ -395,7 +410,7 @@ def bench(model, folded, runs, time_budget, warmup, threads, provider, rounds, c
     except Exception as exc:  # name the file in the one-line error
         raise _InternalError(model, exc) from exc
     if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=2))
+        click.echo(jsonout.dumps(result.to_dict()))
     else:
         from rich.console import Console
 

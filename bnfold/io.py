@@ -20,6 +20,7 @@ import onnx
 from onnx import numpy_helper
 
 from . import wire
+from .scan import is_regular, kind_of
 from .errors import BnfoldError
 from .staging import _mode_for, staged_output  # noqa: F401  (they live in bnfold.staging)
 
@@ -57,6 +58,8 @@ def read_model(path: str | os.PathLike, check: bool = True, lazy: bool = False) 
         raise BnfoldError(f"{path}: no such file")
     if path.is_dir():
         raise BnfoldError(f"{path}: is a directory, not an ONNX model")
+    if not is_regular(path):  # a FIFO would block the read, /dev/zero never end it
+        raise BnfoldError(f"{path}: {kind_of(path)}, not a regular file: not read")
     model = _read_skeleton(path) if lazy else None
     skeleton = model is not None
     # The checker parses the file again in C++: for a big file do it before Python holds the
@@ -117,7 +120,8 @@ def side_file(path: str | os.PathLike) -> Path:
 
 def _parse(path: Path) -> onnx.ModelProto:
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as fh:  # the size known first: a file that keeps growing is read no further
+            data = fh.read(os.fstat(fh.fileno()).st_size)
     except OSError as exc:
         raise BnfoldError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if not data:

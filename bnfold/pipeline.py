@@ -20,7 +20,7 @@ from .folding import FoldResult, fold
 from .inputs import check_input_bytes, resolve_shapes
 from .io import file_id, read_model, side_file, staged_output, write_model
 from .tolerances import check_tolerances
-from .validation import ValidationResult, validate
+from .validation import DEFAULT_TIMEOUT, ValidationResult, validate
 
 if TYPE_CHECKING:
     from .latency.runner import BenchOptions, BenchResult
@@ -83,6 +83,7 @@ def optimize(
     external_data: bool = False,
     rules: Sequence[Rule] | None = None,
     bench: BenchOptions | None = None,
+    validate_timeout: float | None = DEFAULT_TIMEOUT,
 ) -> Report:
     """Fold ``src`` and write the result to ``dst`` (default ``<stem>.folded.onnx`` beside it).
 
@@ -103,13 +104,13 @@ def optimize(
         bench = bench.checked()  # a bad provider or count is a usage error before any work
     try:
         return _optimize(src, dst, in_place, validate_output, input_shapes, atol, rtol, seed, external_data, rules,
-                         bench)
+                         bench, validate_timeout)
     except _ValidationFailed as failed:
         return failed.report
 
 
 def _optimize(src, dst, in_place, validate_output, input_shapes, atol, rtol, seed, external_data, rules,
-              bench) -> Report:
+              bench, validate_timeout) -> Report:
     src = Path(src)
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -141,7 +142,8 @@ def _optimize(src, dst, in_place, validate_output, input_shapes, atol, rtol, see
         timings["save"] = time.perf_counter() - start
         if validate_output and result.changed:
             start = time.perf_counter()
-            report.validation = validate(src, tmp, input_shapes=input_shapes, atol=atol, rtol=rtol, seed=seed)
+            report.validation = validate(src, tmp, input_shapes=input_shapes, atol=atol, rtol=rtol, seed=seed,
+                                         timeout=validate_timeout)
             timings["validate"] = time.perf_counter() - start
             if not report.validation.passed:
                 report.output_bytes = None

@@ -6,6 +6,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .pipeline import Report
+from .text import markup_safe as safe
 
 
 def _size(n: int | None) -> str:
@@ -46,42 +47,42 @@ def _rows(console: Console, title: str, columns: tuple[str, ...], rows: list[tup
 def render(report: Report, console: Console) -> None:
     """Print folds, refusals, validation and before/after figures."""
     r = report.result
-    target = report.output if report.written else "(nothing written)"
-    console.print(f"[bold]bnfold optimize[/] {report.input} → {target}")
+    target = safe(report.output) if report.written else "(nothing written)"
+    console.print(f"[bold]bnfold optimize[/] {safe(report.input)} → {target}")
 
     if r.folds:
         _rows(console, f"Folded ({len(r.folds)})", ("node", "into", "rule", "graph"),
-              [(f"{f.op} '{f.node}'", f"{f.into_op} '{f.into}'", f.rule, f.graph) for f in r.folds])
+              [tuple(map(safe, (f"{f.op} '{f.node}'", f"{f.into_op} '{f.into}'", f.rule, f.graph))) for f in r.folds])
     else:
         console.print("Folded: nothing")
 
     if r.refusals:
         _rows(console, f"Not folded ({len(r.refusals)})", ("node", "rule", "reason"),
-              [(f"{x.op} '{x.node}'", x.rule, x.reason) for x in r.refusals])
+              [tuple(map(safe, (f"{x.op} '{x.node}'", x.rule, x.reason))) for x in r.refusals])
 
     v = report.validation
     if v is None:
         console.print("Validation: not run" + (" (nothing folded)" if not r.folds else " (--no-validate)"))
     elif v.error:
-        console.print(f"[red]Validation could not run[/]: {v.error}")
+        console.print(f"[red]Validation could not run[/]: {safe(v.error)}")
     else:
         status = "[green]passed[/]" if v.passed else "[red]FAILED[/]"
-        shapes = ", ".join(f"{k}={'x'.join(map(str, s))}" for k, s in v.inputs.items())
+        shapes = safe(", ".join(f"{k}={'x'.join(map(str, s))}" for k, s in v.inputs.items()))
         console.print(f"Validation {status}: {v.backend}, seed {v.seed}, inputs {shapes}")
         table = Table(title_justify="left")
         for col in ("output", "dtype", "max |original|", "max abs err", "max rel err", "atol", "rtol", "ok"):
             table.add_column(col)
         for o in v.outputs:
-            table.add_row(o.name, o.dtype, f"{o.max_ref:.3g}", f"{o.max_abs:.3g}", f"{o.max_rel:.3g}", f"{o.atol:g}",
+            table.add_row(safe(o.name), o.dtype, f"{o.max_ref:.3g}", f"{o.max_abs:.3g}", f"{o.max_rel:.3g}", f"{o.atol:g}",
                           f"{o.rtol:g}", "yes" if o.passed else "[red]NO[/]")
         console.print(table)
         for o in v.outputs:
             if o.nondeterministic:
-                console.print(f"[yellow]Note[/]: output '{o.name}' is not deterministic: two runs of the original "
+                console.print(f"[yellow]Note[/]: output '{safe(o.name)}' is not deterministic: two runs of the original "
                               f"differ by up to {o.self_diff:.3g}, so it was not compared.")
             elif o.uninformative:
                 what = "not finite anywhere" if o.max_ref != o.max_ref else "within atol of zero everywhere"
-                console.print(f"[yellow]Note[/]: output '{o.name}' is {what} on these random inputs, so its "
+                console.print(f"[yellow]Note[/]: output '{safe(o.name)}' is {what} on these random inputs, so its "
                               "comparison proves little (random weights? try --seed or real data).")
 
     table = Table(title="Model", title_justify="left")
@@ -100,4 +101,4 @@ def render(report: Report, console: Console) -> None:
 
         render_latency(report.bench, console)
     elif report.bench_error:
-        console.print(f"[yellow]Latency not measured[/]: {report.bench_error}")
+        console.print(f"[yellow]Latency not measured[/]: {safe(report.bench_error)}")

@@ -31,6 +31,7 @@ import signal
 import socket
 import stat
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -111,9 +112,26 @@ def _mode_for(dest: Path) -> int:
     try:
         return dest.stat().st_mode & 0o7777
     except FileNotFoundError:
-        umask = os.umask(0)
+        return 0o666 & ~_umask()
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux says it (/proc/self/status):
+    setting it to read it back would, for that instant, give another thread's new files mode 0666."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:  # elsewhere: set and restore, one thread at a time
+        umask = os.umask(0o077)  # the strictest value for the instant it is in force
         os.umask(umask)
-        return 0o666 & ~umask
+        return umask
 
 
 # -- names that fit ---------------------------------------------------------------------------

@@ -23,7 +23,11 @@ from pathlib import Path
 import onnx
 
 from .errors import BnfoldError
+from .limits import VALIDATE_TIMEOUT
 from .tolerances import check_tolerances
+
+
+DEFAULT_TIMEOUT = VALIDATE_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -118,7 +122,7 @@ def validate(
     atol: float | None = None,
     rtol: float | None = None,
     seed: int = 0,
-    timeout: float | None = None,
+    timeout: float | None = DEFAULT_TIMEOUT,
 ) -> ValidationResult:
     """Run both models on seeded random inputs and compare every output.
 
@@ -127,7 +131,8 @@ def validate(
         input_shapes: shapes for inputs with symbolic dimensions (others default to 1).
         atol, rtol: override the dtype-aware defaults of ``bnfold.tolerances``.
         seed: seed of the random inputs.
-        timeout: seconds before the run is abandoned (None: no limit).
+        timeout: seconds before the run is abandoned and reported as not finished (default
+            ``DEFAULT_TIMEOUT``; None: no limit). A Loop with a huge trip count never ends.
 
     Raises BnfoldError, before anything runs, for a tolerance that is not a finite number >= 0,
     an input shape that does not fit the model or memory (``bnfold.inputs``), or a model file
@@ -154,7 +159,8 @@ def validate(
                 capture_output=True, text=True, timeout=timeout,
             )
         except subprocess.TimeoutExpired:
-            return ValidationResult(False, seed=seed, error=f"validation did not finish within {timeout:g} s")
+            return ValidationResult(False, seed=seed, error=f"validation did not finish within the time limit of "
+                                                            f"{timeout:g} s (--validate-timeout sets it)")
         if proc.returncode != 0 or not os.path.exists(request["result"]):
             return ValidationResult(False, seed=seed, error=_crash_message(proc, request["progress"]))
         raw = json.loads(Path(request["result"]).read_text())

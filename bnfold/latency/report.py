@@ -10,6 +10,7 @@ from rich.table import Table
 
 from ..report import _change, _size
 from .runner import SETTINGS, BenchResult, ProgressCallback
+from ..text import markup_safe as safe
 from .stats import FASTER, NO_DIFFERENCE, Speedup
 
 
@@ -53,14 +54,14 @@ def _checks(result: BenchResult) -> str | None:
         return ("[yellow]Outputs not compared[/] (--no-check-outputs): the two models may compute different "
                 "things; the speedups compare their latencies only")
     worst = max((o["max_abs"] for o in outputs["outputs"]), default=0.0)
-    return (f"Checked before timing: {checks.get('interface', '')}; every output agrees on one seeded input "
-            f"within tolerance ({outputs['backend']}; largest difference {worst:.2g})")
+    return (f"Checked before timing: {safe(checks.get('interface', ''))}; every output agrees on one seeded input "
+            f"within tolerance ({safe(outputs['backend'])}; largest difference {worst:.2g})")
 
 
 def render_bench(result: BenchResult, console: Console) -> None:
     """Everything ``bnfold bench`` prints: what was compared, the model figures, the latency tables."""
-    folded = result.folded or (f"folded in memory ({result.folds} fold{'s' if result.folds != 1 else ''})")
-    console.print(f"[bold]bnfold bench[/] {result.original} vs {folded}")
+    folded = safe(result.folded) if result.folded else f"folded in memory ({result.folds} fold{'s' if result.folds != 1 else ''})"
+    console.print(f"[bold]bnfold bench[/] {safe(result.original)} vs {folded}")
     table = Table(title="Model", title_justify="left")
     for col in ("", "original", "folded", "change"):
         table.add_column(col, justify="right")
@@ -74,11 +75,11 @@ def render_bench(result: BenchResult, console: Console) -> None:
 
 def render_latency(result: BenchResult, console: Console) -> None:
     """The checks, latency and speedup tables (``optimize --bench`` appends these to its report)."""
-    shapes = ", ".join(f"{k}={'x'.join(map(str, s))}" for k, s in result.inputs.items())
+    shapes = safe(", ".join(f"{k}={'x'.join(map(str, s))}" for k, s in result.inputs.items()))
     threads = result.threads if result.threads is not None else "onnxruntime's default"
     checked = _checks(result)
     if checked:
-        console.print(checked)
+        console.print(checked)  # markup of its own, names escaped
     console.print(f"Latency: onnxruntime {result.onnxruntime}, {result.provider}, threads {threads}, inputs {shapes}, "
                   f"seed {result.seed}; per setting up to {result.rounds} rounds, each a fresh session of each model "
                   f"(creation timed), {result.warmup} warm-up runs of each, then interleaved pairs (ABBA order); "

@@ -1,0 +1,33 @@
+"""Names and paths from a model or the file system, made safe to print.
+
+Node names, tensor names and file names are the model author's text: a newline in a node name
+would forge an extra finding line in ``bnfold check``'s output (for a file that does not exist),
+an escape sequence would drive the terminal, and ``[/]`` would be read as rich markup (and abort
+the report). ``printable`` turns every control character (C0, DEL, C1, line and paragraph
+separators, bidirectional overrides) into a visible escape (``\\n``, ``\\x1b``, ``\\u202e``);
+``markup_safe`` also escapes rich markup, for text that goes through rich.
+"""
+
+from __future__ import annotations
+
+import re
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match: re.Match) -> str:
+    char = match.group()
+    return _NAMED.get(char) or (f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}")
+
+
+def printable(text: str) -> str:
+    """``text`` with every control character written as a visible escape: one line, inert."""
+    return _CONTROL.sub(_escape, str(text))
+
+
+def markup_safe(text: str) -> str:
+    """``printable(text)``, with rich markup escaped (``[bold]`` prints as it is)."""
+    from rich.markup import escape
+
+    return escape(printable(text))
