@@ -385,6 +385,11 @@ def chain_scaling(data: dict, notes: Notes) -> str:
                       "means linear):", "", table(["N", *tools], slope_rows)])
 
 
+def _bound(value) -> str:
+    """An interval bound, or "∞" where the JSON says it is unbounded (null: too few samples)."""
+    return "∞" if value is None else f"{value:.2f}"
+
+
 def latency(data: dict) -> str:
     lat = data.get("latency", {})
     if not lat:
@@ -399,7 +404,7 @@ def latency(data: dict) -> str:
             lm = st.get("latency_ms", {})
             sm = st.get("session_ms", {})
             sp = st.get("speedup", {})
-            ci = f"[{sp.get('ci_low', float('nan')):.2f}, {sp.get('ci_high', float('nan')):.2f}]"
+            ci = f"[{_bound(sp.get('ci_low'))}, {_bound(sp.get('ci_high'))}]"
             rows.append([name, f"{st.get('name')} ({st.get('optimization_level', '?')})",
                          f"{lm.get('original', {}).get('median', float('nan')):.2f}",
                          f"{lm.get('folded', {}).get('median', float('nan')):.2f}",
@@ -410,11 +415,15 @@ def latency(data: dict) -> str:
     if rows:
         first = next(r for r in lat.values() if "unavailable" not in r)
         proto = first.get("protocol", {})
+        speedup = next((st.get("speedup", {}) for st in first.get("settings", [])), {})
+        interval = (f"an exact {speedup['method']} interval ({speedup.get('family_confidence', 0.95):.0%} for the "
+                    "four verdicts together)" if "method" in speedup else "a 95 % paired bootstrap interval")
+        sessions = proto.get("max_rounds", proto.get("session_repeats", "?"))
         out += [f"Per setting: median/p90 latency in ms of one inference (batch 1, 1×3×224×224), "
                 f"{proto.get('order', 'interleaved pairs')}, up to {proto.get('max_pairs', '?')} pairs or "
                 f"{proto.get('time_budget_s', '?')} s, after {proto.get('warmup', '?')} warm-up runs; speedup = "
-                "median(original) / median(folded) with a 95 % paired bootstrap interval; session = session "
-                f"creation, ms (median of {proto.get('session_repeats', '?')}). onnxruntime "
+                f"median(original) / median(folded) with {interval}; session = session "
+                f"creation, ms (median over up to {sessions} rounds). onnxruntime "
                 f"{first.get('runtime', {}).get('onnxruntime', '?')}, "
                 f"{first.get('runtime', {}).get('provider', '?')}, threads: "
                 f"{first.get('runtime', {}).get('threads') or 'onnxruntime default'}.", "",

@@ -78,7 +78,7 @@ class _BnfoldGroup(click.Group):
 def _input_options(command):
     """--input-shape and --seed: how the random inputs of validation and latency runs are made."""
     command = click.option("--seed", type=int, default=0, show_default=True,
-                           help="Seed of the random inputs (and of the latency bootstrap).")(command)
+                           help="Seed of the random inputs.")(command)
     return click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS",
                         help="Shape for an input with symbolic dims, e.g. input=1x3x224x224 (repeatable; default 1 per "
                              "symbolic dim).")(command)
