@@ -56,7 +56,7 @@ def as_float64(model: onnx.ModelProto) -> onnx.ModelProto:
 def exact_outputs(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     from onnx.reference import ReferenceEvaluator
 
-    from bnfold._validate_worker import _reference_batchnorm
+    from bnfold.runtime import _reference_batchnorm
 
     wide_feeds = {k: v.astype(np.float64) if v.dtype == np.float32 else v for k, v in feeds.items()}
     session = ReferenceEvaluator(as_float64(model), new_ops=[_reference_batchnorm()])
@@ -79,7 +79,7 @@ def cached_exact(path: str, cache: str | None) -> tuple[dict[str, np.ndarray], l
     import hashlib
     import os
 
-    from bnfold._validate_worker import _strip_empty_trailing_outputs, make_inputs
+    from bnfold.runtime import _strip_empty_trailing_outputs, make_inputs
     from bnfold.io import load_runnable
 
     stat = os.stat(path)

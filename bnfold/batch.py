@@ -41,16 +41,16 @@ from pathlib import Path
 
 from . import signals, staging
 from .check import collect
-from .errors import BnfoldError
-from .validation import DEFAULT_TIMEOUT, failure_reason
+from .errors import EXIT_FAILED, EXIT_OK, EXIT_UNPROVEN, EXIT_USAGE, BnfoldError
+from .validation import ValidationOptions, failure_reason
 
 FOLDED_SUFFIX = ".folded.onnx"
 
-OK, VALIDATION_FAILED, UNUSABLE = "ok", "validation failed", "unusable"
+OK, VALIDATION_FAILED, UNPROVEN, UNUSABLE = "ok", "validation failed", "unproven", "unusable"
 #: A signal stopped the run: the job was in progress and was undone (nothing written), or never began.
 ROLLED_BACK, NOT_STARTED = "rolled back", "not started"
 #: ``Outcome.status`` as the ``--json`` document and the summary table spell it.
-STATUS_WORDS = {OK: "written", VALIDATION_FAILED: "validation failed", UNUSABLE: "unusable",
+STATUS_WORDS = {OK: "written", VALIDATION_FAILED: "validation failed", UNPROVEN: "not proven", UNUSABLE: "unusable",
                 ROLLED_BACK: "rolled back", NOT_STARTED: "not started"}
 
 
@@ -73,12 +73,8 @@ class Options:
 
     in_place: bool = False
     validate_output: bool = True
-    input_shapes: dict[str, list[int]] = field(default_factory=dict)
-    atol: float | None = None
-    rtol: float | None = None
-    seed: int = 0
+    validation: ValidationOptions = field(default_factory=ValidationOptions)
     external_data: bool = False
-    validate_timeout: float | None = DEFAULT_TIMEOUT
 
 
 @dataclass
@@ -103,7 +99,9 @@ class Outcome:
             return self.interrupted
         if self.report is None:
             return UNUSABLE
-        return OK if self.report["ok"] else VALIDATION_FAILED
+        if self.report["ok"]:
+            return OK
+        return UNPROVEN if self.report.get("verdict") == "unproven" else VALIDATION_FAILED
 
     @property
     def written(self) -> bool:
@@ -289,10 +287,8 @@ def _fold(job: Job, options: Options, debug: bool) -> Outcome:
     from .pipeline import optimize
 
     try:
-        report = optimize(job.input, job.output, in_place=options.in_place,
-                          validate_output=options.validate_output, input_shapes=options.input_shapes or None,
-                          atol=options.atol, rtol=options.rtol, seed=options.seed,
-                          external_data=options.external_data, validate_timeout=options.validate_timeout)
+        report = optimize(job.input, job.output, in_place=options.in_place, validate_output=options.validate_output,
+                          validation=options.validation, external_data=options.external_data)
     except BnfoldError as exc:
         return Outcome(job.input, error=str(exc), traceback=traceback.format_exc() if debug else None)
     except Exception as exc:  # a model shape nobody foresaw: one line naming the file, go on
@@ -400,7 +396,8 @@ def exit_code(outcomes: list[Outcome], interrupted: signals.Interrupted | None =
     if interrupted is not None:
         return interrupted.exit_code
     statuses = {o.status for o in outcomes}
-    return 2 if UNUSABLE in statuses else 1 if VALIDATION_FAILED in statuses else 0
+    return (EXIT_USAGE if UNUSABLE in statuses else EXIT_FAILED if VALIDATION_FAILED in statuses
+            else EXIT_UNPROVEN if UNPROVEN in statuses else EXIT_OK)
 
 
 def summary(outcomes: list[Outcome], interrupted: signals.Interrupted | None = None) -> dict:
@@ -409,6 +406,7 @@ def summary(outcomes: list[Outcome], interrupted: signals.Interrupted | None = N
         "files": len(outcomes),
         "written": sum(1 for o in outcomes if o.written),
         "validation_failed": sum(1 for o in outcomes if o.status == VALIDATION_FAILED),
+        "unproven": sum(1 for o in outcomes if o.status == UNPROVEN),
         "unusable": sum(1 for o in outcomes if o.status == UNUSABLE),
         "rolled_back": sum(1 for o in outcomes if o.status == ROLLED_BACK),
         "not_started": sum(1 for o in outcomes if o.status == NOT_STARTED),
@@ -436,10 +434,10 @@ def error_lines(outcomes: list[Outcome]) -> list[str]:
     for o in outcomes:
         if o.status == UNUSABLE:
             message = o.error or f"{o.input}: failed"
-        elif o.status == VALIDATION_FAILED:
+        elif o.status in (VALIDATION_FAILED, UNPROVEN):
             v = o.report["validation"] or {}
-            why = failure_reason(v.get("error"))
-            message = f"{o.input}: validation failed ({why}); nothing written"
+            what = "validation failed" if o.status == VALIDATION_FAILED else "validation could not prove the fold"
+            message = f"{o.input}: {what} ({failure_reason(v.get('reason'))}); nothing written"
         else:
             continue
         lines.append(f"bnfold: error: {' '.join(message.split())}")
@@ -450,9 +448,7 @@ def _validation_cell(report: dict) -> str:
     v = report["validation"]
     if v is None:
         return "not run"
-    if v["error"]:
-        return "[red]could not run[/]"
-    return "[green]passed[/]" if v["passed"] else "[red]FAILED[/]"
+    return {"passed": "[green]passed[/]", "failed": "[red]FAILED[/]"}.get(v["verdict"], "[yellow]unproven[/]")
 
 
 def render_summary(outcomes: list[Outcome], console, interrupted: signals.Interrupted | None = None) -> None:
@@ -471,12 +467,14 @@ def render_summary(outcomes: list[Outcome], console, interrupted: signals.Interr
                       else f"[yellow]{STATUS_WORDS[o.status]}[/]")
             table.add_row(safe(o.input), "-", "-", "-", "-", status)
             continue
-        status = f"written → {safe(r['output'])}" if r["written"] else "[red]validation failed[/]"
+        status = (f"written → {safe(r['output'])}" if r["written"] else
+                  "[yellow]not proven[/]" if o.status == UNPROVEN else "[red]validation failed[/]")
         table.add_row(safe(o.input), str(len(r["folds"])), str(len(r["refusals"])), _validation_cell(r),
                       f"{r['before']['nodes']}→{r['after']['nodes']}", status)
     console.print(table)
     s = summary(outcomes)
     console.print(f"{s['files']} files: {s['written']} written, {s['validation_failed']} failed validation, "
+                  f"{s['unproven']} not proven, "
                   f"{s['unusable']} unusable; {s['folds']} folds, {s['refusals']} refusals")
     if interrupted is not None:
         console.print(f"{interrupted}: {s['rolled_back']} rolled back (nothing written), "

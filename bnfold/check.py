@@ -32,7 +32,7 @@ from .config import is_ignored
 from .errors import BnfoldError
 from .rules import Fold, Refusal, Rule
 from .text import printable
-from .validation import DEFAULT_TIMEOUT, failure_reason
+from .validation import ValidationOptions, failure_reason
 
 FORMATS = ("text", "json", "github")
 #: ``FileCheck.interrupted``: a fix in progress was undone (the file is untouched); the file was
@@ -61,12 +61,13 @@ class FileCheck:
     unreadable: bool = False
     fixed: bool = False
     interrupted: str | None = None
+    unproven: bool = False  # fixed although validation could not prove it (accept_unproven)
 
     def to_dict(self, verbose: bool = False) -> dict:
         d = {"path": self.path, "findings": [f.to_dict() for f in self.findings]}
         if verbose:
             d["refusals"] = [r.to_dict() for r in self.refusals]
-        d.update(error=self.error, fixed=self.fixed, interrupted=self.interrupted)
+        d.update(error=self.error, fixed=self.fixed, unproven=self.unproven, interrupted=self.interrupted)
         return d
 
 
@@ -124,15 +125,14 @@ def check_file(
     *,
     fix: bool = False,
     rules: Sequence[Rule] | None = None,
-    atol: float | None = None,
-    rtol: float | None = None,
-    validate_timeout: float | None = DEFAULT_TIMEOUT,
+    validation: ValidationOptions | None = None,
 ) -> FileCheck:
     """Fold ``item.path`` in memory and record folds and refusals; with ``fix``, apply them.
 
     ``rules`` default to every rule. The fix only runs when there is something to fold (an
-    unchanged file is not rewritten); the file is replaced atomically and only after the folded
-    model matched the original on onnxruntime within ``atol``/``rtol`` (None: per-dtype default).
+    unchanged file is not rewritten); the file is replaced atomically and only after validation
+    (``validation``, default options) passed, or could not prove the fold and
+    ``validation.accept_unproven`` allows it.
     """
     if item.error:
         return item
@@ -144,7 +144,7 @@ def check_file(
         result = fold(model, rules, in_place=True, base_dir=Path(item.path).parent)
         item.findings, item.refusals = list(result.folds), list(result.refusals)
         if fix and item.findings:
-            _fix(item, rules, atol, rtol, validate_timeout)
+            _fix(item, rules, validation or ValidationOptions())
     except BnfoldError as exc:
         item.error, item.unreadable = str(exc), True
     except Exception as exc:  # a model shape nobody foresaw: one line naming the file, go on
@@ -152,20 +152,21 @@ def check_file(
     return item
 
 
-def _fix(item: FileCheck, rules: Sequence[Rule] | None, atol: float | None, rtol: float | None,
-         validate_timeout: float | None = DEFAULT_TIMEOUT) -> None:
+def _fix(item: FileCheck, rules: Sequence[Rule] | None, validation: ValidationOptions) -> None:
     """Exactly what ``bnfold optimize --in-place`` does, with the chosen rules."""
     from .pipeline import optimize
 
     staging.check_names(item.path, os.path.realpath(item.path))
-    report = optimize(item.path, in_place=True, atol=atol, rtol=rtol, rules=rules, validate_timeout=validate_timeout)
+    report = optimize(item.path, in_place=True, rules=rules, validation=validation)
     item.findings, item.refusals = list(report.result.folds), list(report.result.refusals)
     if report.ok and report.written:
         item.fixed = True
+        item.unproven = report.unproven_accepted
     else:
-        validation = report.validation
-        why = failure_reason(validation.error if validation is not None else None)
-        item.error = f"{item.path}: validation failed ({why}); file left untouched"
+        result = report.validation
+        why = failure_reason(result.reason if result is not None else None)
+        what = "validation could not prove the fold" if report.verdict == "unproven" else "validation failed"
+        item.error = f"{item.path}: {what} ({why}); file left untouched"
 
 
 def run_check(
@@ -174,9 +175,7 @@ def run_check(
     fix: bool = False,
     rules: Sequence[Rule] | None = None,
     ignore: Sequence[tuple[Path, str]] = (),
-    atol: float | None = None,
-    rtol: float | None = None,
-    validate_timeout: float | None = DEFAULT_TIMEOUT,
+    validation: ValidationOptions | None = None,
 ) -> tuple[list[FileCheck], signals.Interrupted | None]:
     """``collect`` then ``check_file`` on each: every file is checked whatever happened to the others.
 
@@ -189,7 +188,7 @@ def run_check(
     try:
         for item in checks:
             mark = staging.commit_count()
-            check_file(item, fix=fix, rules=rules, atol=atol, rtol=rtol, validate_timeout=validate_timeout)
+            check_file(item, fix=fix, rules=rules, validation=validation)
             done += 1
         return checks, None
     except signals.Interrupted as exc:

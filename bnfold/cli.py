@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import sys
 import traceback
@@ -18,7 +19,8 @@ import click
 
 from . import jsonout, signals
 
-EXIT_OK, EXIT_VALIDATION_FAILED, EXIT_USAGE = 0, 1, 2
+from .errors import EXIT_FAILED as EXIT_VALIDATION_FAILED
+from .errors import EXIT_OK, EXIT_UNPROVEN, EXIT_USAGE
 
 
 def _fail(message: str) -> None:
@@ -80,17 +82,68 @@ def _input_options(command):
     command = click.option("--seed", type=int, default=0, show_default=True,
                            help="Seed of the random inputs.")(command)
     return click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS",
-                        help="Shape for an input with symbolic dims, e.g. input=1x3x224x224 (repeatable; default 1 per "
-                             "symbolic dim).")(command)
+                        help="Shape for an input with symbolic dims, e.g. input=1x3x224x224 (repeatable; default: "
+                             "batch-like dims 1, the others searched until every output varies).")(command)
 
 
-def _timeout_option(command):
-    """--validate-timeout: the time limit of a validation (0: none)."""
+_VALIDATION_KEYS = ("inputs", "atol", "rtol", "reference", "validate_timeout", "accept_unproven")
+
+
+def _validation_options(*, real_inputs: bool = True, settings_hint: str = ""):
+    """The options of validation, gathered into one ``validation`` parameter
+    (``bnfold.validation.ValidationOptions``, checked once; ``--input-shape`` and ``--seed`` come
+    from ``_input_options`` and are added to it)."""
     from .limits import VALIDATE_TIMEOUT
 
-    return click.option("--validate-timeout", type=click.FloatRange(min=0), default=VALIDATE_TIMEOUT, show_default=True,
-                        metavar="SECONDS", callback=lambda ctx, param, value: value or None,
-                        help="Abandon a validation after this long and say so (0: no limit).")(command)
+    def decorate(command):
+        @functools.wraps(command)
+        def gather(*args, **kwargs):
+            given = {k: kwargs.pop(k) for k in _VALIDATION_KEYS if k in kwargs}
+            kwargs["validation"] = given
+            return command(*args, **kwargs)
+
+        options = [
+            click.option("--atol", type=float, default=None,
+                         help=f"Judge elementwise, |folded - original| <= atol + rtol*|original|, instead of bnfold's "
+                              f"scale-relative criterion{settings_hint}."),
+            click.option("--rtol", type=float, default=None, help=f"See --atol{settings_hint}."),
+            click.option("--reference", type=click.Choice(["original", "float64"]), default=None,
+                         help="original: compare with the original, the exact float64 answer only where that does not "
+                              "decide (default); float64: judge every output against the exact answer and report each "
+                              "model's distance from it."),
+            click.option("--validate-timeout", type=click.FloatRange(min=0), default=VALIDATE_TIMEOUT,
+                         show_default=True, metavar="SECONDS", callback=lambda ctx, param, value: value or None,
+                         help="Abandon a validation after this long; it is then unproven (0: no limit)."),
+            click.option("--accept-unproven", is_flag=True, default=None,
+                         help=f"Write a fold that validation could not prove (exit 0 with a warning instead of "
+                              f"3; a failed one is never written){settings_hint}."),
+        ]
+        if real_inputs:
+            options.insert(0, click.option(
+                "--inputs", multiple=True, type=click.Path(path_type=str), metavar="FILE.npz",
+                help="Validate on these input sets instead of random ones: .npz files (np.savez(path, "
+                     "input=array)), one set each, or folders of them (repeatable)."))
+        for option in reversed(options):
+            gather = option(gather)
+        return gather
+
+    return decorate
+
+
+def _validation(given: dict, input_shapes: dict, seed: int, settings=None):
+    """The ValidationOptions of a command's flags (``[tool.bnfold]`` values where a flag is absent)."""
+    from .validation import DEFAULT_TIMEOUT, ValidationOptions
+
+    def pick(key, default=None):
+        value = given.get(key)
+        if value is None and settings is not None:
+            value = getattr(settings, key, None)
+        return default if value is None else value
+
+    inputs = tuple(given["inputs"]) if given.get("inputs") else None
+    return ValidationOptions(input_shapes, inputs, pick("atol"), pick("rtol"), seed, pick("reference", "original"),
+                             given.get("validate_timeout", DEFAULT_TIMEOUT), bool(pick("accept_unproven", False))
+                             ).checked()
 
 
 def _bench_options(command):
@@ -142,11 +195,9 @@ def cli() -> None:
 @click.option("--validate/--no-validate", default=True, show_default=True,
               help="Run original and folded model with onnxruntime and compare outputs.")
 @_input_options
-@click.option("--atol", type=float, default=None, help="Absolute tolerance (default per dtype: float32 1e-4, float16 1e-2).")
-@click.option("--rtol", type=float, default=None, help="Relative tolerance (default per dtype: float32 1e-3, float16 1e-2).")
+@_validation_options()
 @click.option("--external-data", is_flag=True,
               help="Store tensors in a side file <OUTPUT>.data (automatic when the input had external data or the result exceeds 2 GB).")
-@_timeout_option
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Fold this many files at once, each in its own process.")
 @click.option("--bench", "bench", is_flag=True,
@@ -154,14 +205,15 @@ def cli() -> None:
 @_bench_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def optimize(models, output, in_place, validate, input_shapes, atol, rtol, seed, external_data, validate_timeout, jobs,
+def optimize(models, output, in_place, validate, input_shapes, seed, validation, external_data, jobs,
              bench, runs, time_budget, warmup, threads, provider, as_json, debug) -> int:
     """Fold each MODEL and write the result, validated, atomically.
 
     MODEL is a model file, a folder (searched recursively for *.onnx, skipping *.folded.onnx) or a
     glob pattern. With several, every file is folded whatever happens to the others; a summary
     table (or with --json {"files": [...], "summary": {...}}) follows. Exit codes: 0 success;
-    1 a validation failed (nothing written for that file); 2 a file was unusable; 128 + the
+    1 a validation failed (nothing written for that file); 2 a file was unusable; 3 a validation
+    could not prove the fold (nothing written, unless --accept-unproven); 128 + the
     signal's number (130 for Ctrl-C) after SIGINT/SIGTERM/SIGHUP: the files in progress are
     rolled back, none is started after it, and the summary says which is which.
 
@@ -174,7 +226,6 @@ def optimize(models, output, in_place, validate, input_shapes, atol, rtol, seed,
     from .batch import is_batch
     from .errors import BnfoldError
     from .pipeline import optimize as run_optimize
-    from .tolerances import check_tolerances
     from .validation import parse_input_shapes
 
     # Malformed options are usage errors before any work (an input name a file lacks is that file's error).
@@ -182,12 +233,11 @@ def optimize(models, output, in_place, validate, input_shapes, atol, rtol, seed,
         shapes = parse_input_shapes(input_shapes)
     except ValueError as exc:
         raise BnfoldError(str(exc)) from None
-    check_tolerances(atol, rtol)
+    validation = _validation(validation, shapes, seed)
     if is_batch(models):
         if bench:
             raise BnfoldError("--bench measures one model at a time; give a single MODEL file")
-        return _optimize_batch(models, output, in_place, validate, shapes, atol, rtol, seed, external_data, jobs,
-                               as_json, debug, validate_timeout)
+        return _optimize_batch(models, output, in_place, validate, validation, external_data, jobs, as_json, debug)
     [model] = models
     if output is not None and os.path.isdir(output):  # an existing folder: the result keeps the file's name
         output = os.path.join(output, os.path.basename(model))
@@ -207,9 +257,8 @@ def optimize(models, output, in_place, validate, input_shapes, atol, rtol, seed,
         with _bench_progress(runs) if bench else contextlib.nullcontext(None) as on_progress:
             if bench_options is not None:
                 bench_options = dataclasses.replace(bench_options, on_progress=on_progress)
-            report = run_optimize(model, output, in_place=in_place, validate_output=validate, input_shapes=shapes,
-                                  atol=atol, rtol=rtol, seed=seed, external_data=external_data, bench=bench_options,
-                                  validate_timeout=validate_timeout)
+            report = run_optimize(model, output, in_place=in_place, validate_output=validate, validation=validation,
+                                  external_data=external_data, bench=bench_options)
     except signals.Interrupted as exc:
         done = (f"written → {dest} (before the signal took effect)" if staging.commit_count() > mark
                 else "rolled back, nothing written")
@@ -228,18 +277,24 @@ def optimize(models, output, in_place, validate, input_shapes, atol, rtol, seed,
 
         render(report, Console(highlight=False, soft_wrap=False))
     if report.bench_error:
-        click.echo(f"bnfold: warning: {' '.join(report.bench_error.split())} (the output was written: it validated)",
-                   err=True)
+        why = "it validated" if report.validation is not None else "validation was off"
+        click.echo(f"bnfold: warning: {' '.join(report.bench_error.split())} (the output was written: {why})", err=True)
+    if report.unproven_accepted:
+        click.echo(f"bnfold: warning: {model}: written although validation could not prove the fold "
+                   f"({' '.join(report.validation.reason.split())}; --accept-unproven)", err=True)
     if not report.ok:
         from .validation import failure_reason
 
-        _fail(f"{model}: validation failed ({failure_reason(report.validation.error)}); nothing written")
+        if report.verdict == "unproven":
+            _fail(f"{model}: validation could not prove the fold ({failure_reason(report.validation.reason)}); "
+                  "nothing written (--accept-unproven writes it)")
+            return EXIT_UNPROVEN
+        _fail(f"{model}: validation failed ({failure_reason(report.validation.reason)}); nothing written")
         return EXIT_VALIDATION_FAILED
     return EXIT_OK
 
 
-def _optimize_batch(models, output, in_place, validate, shapes, atol, rtol, seed, external_data, jobs, as_json,
-                    debug, validate_timeout) -> int:
+def _optimize_batch(models, output, in_place, validate, validation, external_data, jobs, as_json, debug) -> int:
     """``bnfold optimize`` on several files: see ``bnfold.batch``."""
     from rich.console import Console
 
@@ -257,8 +312,8 @@ def _optimize_batch(models, output, in_place, validate, shapes, atol, rtol, seed
         return EXIT_USAGE
     if output is not None:
         os.makedirs(output, exist_ok=True)
-    options = batch.Options(in_place=in_place, validate_output=validate, input_shapes=shapes, atol=atol, rtol=rtol,
-                            seed=seed, external_data=external_data, validate_timeout=validate_timeout)
+    options = batch.Options(in_place=in_place, validate_output=validate, validation=validation,
+                            external_data=external_data)
     if sys.stderr.isatty():  # a progress bar only for a person watching; CliRunner and pipes stay clean
         from rich import progress as bar
 
@@ -298,17 +353,15 @@ def _optimize_batch(models, output, in_place, validate, shapes, atol, rtol, seed
               help="Do not run this rule (repeatable; adds to [tool.bnfold] disable).")
 @click.option("--ignore", "ignore", multiple=True, metavar="GLOB",
               help="Skip paths matching this glob, relative to the current folder (repeatable; adds to [tool.bnfold] ignore).")
-@click.option("--atol", type=float, default=None, help="Absolute tolerance for --fix (default: [tool.bnfold] atol, else per dtype).")
-@click.option("--rtol", type=float, default=None, help="Relative tolerance for --fix (default: [tool.bnfold] rtol, else per dtype).")
-@_timeout_option
+@_validation_options(real_inputs=False, settings_hint=" (for --fix; default: [tool.bnfold])")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def check(paths, fix, fmt, verbose, disable, ignore, atol, rtol, validate_timeout, debug) -> int:
+def check(paths, fix, fmt, verbose, disable, ignore, validation, debug) -> int:
     """Report what can fold in each model, like a linter; exit 1 when something can.
 
     PATH is a model, a folder (searched recursively for *.onnx) or a glob pattern. Settings come
     from [tool.bnfold] in the nearest pyproject.toml (atol, rtol, disable, ignore); flags add to
     or override them. Exit codes: 0 nothing to fold (or everything fixed); 1 something to fold
-    (or a fix failed validation); 2 a PATH matched nothing, a file could not be read (the others
+    (or a fix failed validation, or could not be proven: the file is left untouched); 2 a PATH matched nothing, a file could not be read (the others
     are still checked) or a setting is wrong; 128 + the signal's number after SIGINT/SIGTERM/
     SIGHUP (the fix in progress is rolled back, the files after it are not started).
 
@@ -323,9 +376,7 @@ def check(paths, fix, fmt, verbose, disable, ignore, atol, rtol, validate_timeou
     from .check import exit_code, render, run_check
     from .config import check_globs, check_rule_names, load_settings
     from .rules import DEFAULT_RULES
-    from .tolerances import check_tolerances
 
-    check_tolerances(atol, rtol)  # [tool.bnfold] values are checked by load_settings
     settings = load_settings(Path.cwd())
     if settings.warning:
         click.echo(f"bnfold: warning: {settings.warning}", err=True)
@@ -334,8 +385,8 @@ def check(paths, fix, fmt, verbose, disable, ignore, atol, rtol, validate_timeou
     disabled = {*settings.disable, *disable}
     rules = [r for r in DEFAULT_RULES if r.name not in disabled] if disabled else None
     globs = [(settings.root, g) for g in settings.ignore] + [(Path.cwd(), g) for g in ignore]
-    checks, interrupted = run_check(paths, fix=fix, rules=rules, ignore=globs, atol=settings.atol if atol is None else atol,
-                                    rtol=settings.rtol if rtol is None else rtol, validate_timeout=validate_timeout)
+    validation = _validation(validation, {}, 0, settings)
+    checks, interrupted = run_check(paths, fix=fix, rules=rules, ignore=globs, validation=validation)
     out, err = render(checks, fmt, verbose=verbose, interrupted=interrupted)
     for line in out:
         click.echo(line)

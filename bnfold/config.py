@@ -3,8 +3,10 @@
 ::
 
     [tool.bnfold]
-    atol = 1e-4                      # tolerances used when ``check --fix`` validates a fold
+    atol = 1e-4                      # judge check --fix's validation elementwise (default: bnfold's criterion)
     rtol = 1e-3
+    reference = "float64"            # judge against the exact answer (default "original")
+    accept_unproven = false          # fix even what validation could not prove (default false)
     disable = ["bn-linear"]          # rules that do not run (names as in bnfold/rules/)
     ignore = ["third_party/**", "*.quant.onnx"]   # paths skipped by ``check``
 
@@ -38,7 +40,7 @@ except ModuleNotFoundError:  # Python 3.10
     except ModuleNotFoundError:
         _toml = None
 
-KEYS = ("atol", "rtol", "disable", "ignore")
+KEYS = ("atol", "rtol", "reference", "accept_unproven", "disable", "ignore")
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,8 @@ class Settings:
     """``[tool.bnfold]``, validated. Defaults mean "not set": per-dtype tolerances, every rule, no ignore.
 
     Attributes:
-        atol, rtol: tolerances for validating ``check --fix`` (None: the per-dtype default).
+        atol, rtol: judge ``check --fix``'s validation elementwise with these (None: bnfold's criterion).
+        reference: "original" or "float64" (``--reference``); accept_unproven: ``--accept-unproven``.
         disable: names of rules that do not run.
         ignore: glob patterns of paths ``check`` skips, relative to ``root``.
         root: the folder of the ``pyproject.toml`` read (None when there was none).
@@ -55,6 +58,8 @@ class Settings:
 
     atol: float | None = None
     rtol: float | None = None
+    reference: str | None = None
+    accept_unproven: bool | None = None
     disable: tuple[str, ...] = ()
     ignore: tuple[str, ...] = ()
     root: Path | None = None
@@ -120,7 +125,14 @@ def _parse(table: dict, path: Path, rule_names: Iterable[str] | None) -> Setting
         lists[key] = tuple(value)
     check_rule_names(lists["disable"], f"{where}: 'disable'", rule_names)
     check_globs(lists["ignore"], f"{where}: 'ignore'")
-    return Settings(**tolerances, disable=lists["disable"], ignore=lists["ignore"], root=path.parent)
+    reference = table.get("reference")
+    if reference is not None and reference not in ("original", "float64"):
+        raise BnfoldError(f"{where}: 'reference' must be \"original\" or \"float64\", not {reference!r}")
+    accept = table.get("accept_unproven")
+    if accept is not None and not isinstance(accept, bool):
+        raise BnfoldError(f"{where}: 'accept_unproven' must be true or false, not {accept!r}")
+    return Settings(**tolerances, reference=reference, accept_unproven=accept, disable=lists["disable"],
+                    ignore=lists["ignore"], root=path.parent)
 
 
 def check_rule_names(names: Iterable[str], where: str, rule_names: Iterable[str] | None = None) -> None:

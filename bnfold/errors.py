@@ -5,6 +5,10 @@ prints its message on one line and exits 2. ``NoFold`` is how a rewrite rule ref
 its reason ends up in the report, it never escapes the pass.
 """
 
+#: Exit codes of every command: success; a validation failed (or, for check, something left to
+#: fold); bad usage or an unusable file; a validation could not prove the fold (nothing written).
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNPROVEN = 0, 1, 2, 3
+
 
 class BnfoldError(Exception):
     """A user-facing error: bad input file, bad option. The message is one readable line."""

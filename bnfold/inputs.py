@@ -91,9 +91,8 @@ def memory_limit() -> int:
         return FALLBACK_LIMIT
 
 
-def check_input_bytes(label: str, model: onnx.ModelProto, shapes: dict[str, list[int]]) -> None:
-    """BnfoldError when the inputs of ``shapes`` (from ``resolve_shapes``) would take more than
-    ``memory_limit()`` bytes: decided from dtypes and shapes, before anything is allocated."""
+def input_bytes(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> int:
+    """Bytes the inputs of ``shapes`` take, from their dtypes (inputs of unknown type count 0)."""
     total = 0
     for vi in real_inputs(model):
         if vi.name not in shapes:
@@ -106,6 +105,13 @@ def check_input_bytes(label: str, model: onnx.ModelProto, shapes: dict[str, list
         for d in shapes[vi.name]:
             n *= d
         total += n
+    return total
+
+
+def check_input_bytes(label: str, model: onnx.ModelProto, shapes: dict[str, list[int]]) -> None:
+    """BnfoldError when the inputs of ``shapes`` (from ``resolve_shapes``) would take more than
+    ``memory_limit()`` bytes: decided from dtypes and shapes, before anything is allocated."""
+    total = input_bytes(model, shapes)
     limit = memory_limit()
     if total > limit:
         specs = ", ".join(spec(name, shape) for name, shape in shapes.items())

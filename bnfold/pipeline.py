@@ -19,8 +19,7 @@ from .rules import Rule
 from .folding import FoldResult, fold
 from .inputs import check_input_bytes, resolve_shapes
 from .io import file_id, read_model, side_file, staged_output, write_model
-from .tolerances import check_tolerances
-from .validation import DEFAULT_TIMEOUT, ValidationResult, validate
+from .validation import DEFAULT_TIMEOUT, ValidationOptions, ValidationResult, validate
 
 if TYPE_CHECKING:
     from .latency.runner import BenchOptions, BenchResult
@@ -41,10 +40,18 @@ class Report:
     #: Latency of the input against the output (``bench=``), or why it could not be measured.
     bench: BenchResult | None = None
     bench_error: str | None = None
+    #: Validation could not prove the fold and it was written all the same (``accept_unproven``).
+    unproven_accepted: bool = False
 
     @property
     def ok(self) -> bool:
-        return self.validation is None or self.validation.passed
+        """Whether validation allowed the output (passed, not needed, or unproven and accepted)."""
+        return self.validation is None or self.validation.passed or self.unproven_accepted
+
+    @property
+    def verdict(self) -> str:
+        """passed / failed / unproven, or "not run" (nothing folded, or validation off)."""
+        return "not run" if self.validation is None else self.validation.verdict
 
     def to_dict(self) -> dict:
         r = self.result
@@ -53,6 +60,8 @@ class Report:
             "output": self.output if self.written else None,
             "written": self.written,
             "ok": self.ok,
+            "verdict": self.verdict,
+            "unproven_accepted": self.unproven_accepted,
             "folds": [f.to_dict() for f in r.folds],
             "refusals": [x.to_dict() for x in r.refusals],
             "validation": None if self.validation is None else self.validation.to_dict(),
@@ -84,6 +93,7 @@ def optimize(
     rules: Sequence[Rule] | None = None,
     bench: BenchOptions | None = None,
     validate_timeout: float | None = DEFAULT_TIMEOUT,
+    validation: ValidationOptions | None = None,
 ) -> Report:
     """Fold ``src`` and write the result to ``dst`` (default ``<stem>.folded.onnx`` beside it).
 
@@ -91,26 +101,33 @@ def optimize(
     data, when it would exceed protobuf's 2 GB, or with ``external_data=True``.
     Raises BnfoldError for unusable input or arguments (a tolerance that is not a finite number
     >= 0, an input shape that does not fit the model or memory, an output that would overwrite a
-    file the input reads), before anything is written. When validation fails the report says so
-    (``report.ok`` is False) and nothing is written.
+    file the input reads), before anything is written. When validation does not pass the report
+    says so (``report.verdict``: failed or unproven; ``report.ok`` False) and nothing is written,
+    unless it is unproven and ``validation.accept_unproven`` is set. ``validation`` holds every
+    validation option; ``input_shapes``, ``atol``, ``rtol``, ``seed`` and ``validate_timeout``
+    are shorthands for its fields (give one or the other).
 
     With ``bench`` options, the latency of ``src`` against the staged output is measured after
     validation passed and before the output moves into place (so in place, ``src`` is still the
     original): ``report.bench``, or ``report.bench_error`` when the runtime could not measure it
     (the output is written all the same; it was validated).
     """
-    check_tolerances(atol, rtol)  # usage errors before any work
+    shorthands = (input_shapes, atol, rtol, seed, validate_timeout) != (None, None, None, 0, DEFAULT_TIMEOUT)
+    if validation is not None and shorthands:
+        raise BnfoldError("give the validation options either as validation=ValidationOptions(...) or as keywords")
+    if validation is None:
+        validation = ValidationOptions(input_shapes or {}, atol=atol, rtol=rtol, seed=seed, timeout=validate_timeout)
+    validation = validation.checked()  # usage errors before any work
     if bench is not None:
         bench = bench.checked()  # a bad provider or count is a usage error before any work
     try:
-        return _optimize(src, dst, in_place, validate_output, input_shapes, atol, rtol, seed, external_data, rules,
-                         bench, validate_timeout)
+        return _optimize(src, dst, in_place, validate_output, validation, external_data, rules, bench)
     except _ValidationFailed as failed:
         return failed.report
 
 
-def _optimize(src, dst, in_place, validate_output, input_shapes, atol, rtol, seed, external_data, rules,
-              bench, validate_timeout) -> Report:
+def _optimize(src, dst, in_place, validate_output, validation: ValidationOptions, external_data, rules,
+              bench) -> Report:
     src = Path(src)
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -126,14 +143,14 @@ def _optimize(src, dst, in_place, validate_output, input_shapes, atol, rtol, see
         raise BnfoldError(f"{dst}: the output path is a directory")
     if not dst.parent.is_dir():
         raise BnfoldError(f"{dst}: the output folder {dst.parent} does not exist")
-    shapes = resolve_shapes(str(src), model, input_shapes or {})  # names, ranks, static dims
+    shapes = resolve_shapes(str(src), model, dict(validation.input_shapes))  # names, ranks, static dims
     try:
         result = fold(model, rules, in_place=True, base_dir=src.parent)
     except UnicodeDecodeError:
         raise BnfoldError(f"{src}: invalid ONNX model (a text field is not valid UTF-8)") from None
     timings["fold"] = result.seconds
-    if (validate_output and result.changed) or bench is not None:  # inputs will be made: can they be?
-        check_input_bytes(str(src), result.model, shapes)
+    if bench is not None or (validate_output and result.changed and validation.inputs is None):
+        check_input_bytes(str(src), result.model, shapes)  # inputs will be made: can they be?
     report = Report(str(src), str(dst), result, None, False, sum(f.stat().st_size for f in [src, *data_files] if f.exists()))
     with staged_output(dst) as tmp:
         start = time.perf_counter()
@@ -142,16 +159,16 @@ def _optimize(src, dst, in_place, validate_output, input_shapes, atol, rtol, see
         timings["save"] = time.perf_counter() - start
         if validate_output and result.changed:
             start = time.perf_counter()
-            report.validation = validate(src, tmp, input_shapes=input_shapes, atol=atol, rtol=rtol, seed=seed,
-                                         timeout=validate_timeout)
+            report.validation = validate(src, tmp, **validation.keywords())
             timings["validate"] = time.perf_counter() - start
-            if not report.validation.passed:
+            if not validation.allows(report.validation):
                 report.output_bytes = None
                 report.timings = timings
                 raise _ValidationFailed(report)
+            report.unproven_accepted = not report.validation.passed
         if bench is not None:
             start = time.perf_counter()
-            _bench(report, src, tmp, input_shapes, seed, bench)
+            _bench(report, src, tmp, dict(validation.input_shapes), validation.seed, bench)
             timings["bench"] = time.perf_counter() - start
     report.written = True
     report.timings = timings

@@ -44,6 +44,49 @@ def _rows(console: Console, title: str, columns: tuple[str, ...], rows: list[tup
     console.file.write("".join(f"  {' | '.join(row)}\n" for row in rows))
 
 
+def _eps(value: float) -> str:
+    return "-" if value != value else f"{value:.3g}"
+
+
+def render_validation(v, console: Console) -> None:
+    """The verdict, how it was reached, and Polygraphy's figures per output (worst input set)."""
+    words = {"passed": "[green]passed[/]", "failed": "[red]FAILED[/]", "unproven": "[yellow]could not prove the fold[/]"}
+    console.print(f"Validation {words.get(v.verdict, v.verdict)}: {safe(v.backend)}, seed {v.seed}")
+    if v.reason:
+        console.print(f"  {'why' if v.verdict != 'failed' else 'worst'}: {safe(v.reason)}")
+    if v.sets:
+        shapes = ", ".join(f"{k}={'x'.join(map(str, s))}" for k, s in v.sets[0]["inputs"].items())
+        labels = ", ".join(s["label"] for s in v.sets)
+        console.print(f"  inputs: {len(v.sets)} set{'s' if len(v.sets) != 1 else ''} ({safe(labels)}), "
+                      f"{safe(shapes)}; shapes {safe(v.shapes_chosen)}")
+    if not v.outputs:
+        return
+    table = Table(title_justify="left", caption="needed: the worst error in eps of the output's scale (the "
+                  "tolerance that would have been needed); fast pass: 64 float32 eps; otherwise the exact float64 "
+                  "answer decides", caption_justify="left")
+    for col in ("output", "dtype", "scale", "max abs", "median abs", "p99 abs", "max rel", "needed", "set",
+                "decided by", "verdict"):
+        table.add_column(col, justify="left" if col in ("output", "dtype", "set", "decided by", "verdict") else "right")
+    colors = {"passed": "green", "failed": "red"}
+    for o in v.outputs:
+        verdict = o.verdict if o.verdict not in colors else f"[{colors[o.verdict]}]{o.verdict}[/]"
+        table.add_row(safe(o.name), o.dtype, _eps(o.scale), _eps(o.max_abs), _eps(o.median_abs), _eps(o.p99_abs),
+                      _eps(o.max_rel), _eps(o.needed), safe(o.worst_set), o.stage or "-", verdict)
+    console.print(table)
+    for o in v.outputs:
+        if o.exact_folded is not None:
+            console.print(f"  exact float64 answer, output '{safe(o.name)}': original {o.exact_original:.3g} "
+                          f"from it, folded {o.exact_folded:.3g}")
+        if o.verdict == "nondeterministic":
+            console.print(f"[yellow]Note[/]: output '{safe(o.name)}' is not deterministic: two runs of the original "
+                          f"differ by up to {o.self_diff:.3g}, so it was not compared.")
+        elif o.verdict == "uninformative":
+            console.print(f"[yellow]Note[/]: output '{safe(o.name)}' is zero or not finite everywhere on these "
+                          "inputs: it passes whatever the fold did, so it proves nothing.")
+    if v.reference.get("error"):
+        console.print(f"  exact reference could not run: {safe(v.reference['error'])}")
+
+
 def render(report: Report, console: Console) -> None:
     """Print folds, refusals, validation and before/after figures."""
     r = report.result
@@ -63,27 +106,8 @@ def render(report: Report, console: Console) -> None:
     v = report.validation
     if v is None:
         console.print("Validation: not run" + (" (nothing folded)" if not r.folds else " (--no-validate)"))
-    elif v.error:
-        console.print(f"[red]Validation could not run[/]: {safe(v.error)}")
     else:
-        status = "[green]passed[/]" if v.passed else "[red]FAILED[/]"
-        shapes = safe(", ".join(f"{k}={'x'.join(map(str, s))}" for k, s in v.inputs.items()))
-        console.print(f"Validation {status}: {v.backend}, seed {v.seed}, inputs {shapes}")
-        table = Table(title_justify="left")
-        for col in ("output", "dtype", "max |original|", "max abs err", "max rel err", "atol", "rtol", "ok"):
-            table.add_column(col)
-        for o in v.outputs:
-            table.add_row(safe(o.name), o.dtype, f"{o.max_ref:.3g}", f"{o.max_abs:.3g}", f"{o.max_rel:.3g}", f"{o.atol:g}",
-                          f"{o.rtol:g}", "yes" if o.passed else "[red]NO[/]")
-        console.print(table)
-        for o in v.outputs:
-            if o.nondeterministic:
-                console.print(f"[yellow]Note[/]: output '{safe(o.name)}' is not deterministic: two runs of the original "
-                              f"differ by up to {o.self_diff:.3g}, so it was not compared.")
-            elif o.uninformative:
-                what = "not finite anywhere" if o.max_ref != o.max_ref else "within atol of zero everywhere"
-                console.print(f"[yellow]Note[/]: output '{safe(o.name)}' is {what} on these random inputs, so its "
-                              "comparison proves little (random weights? try --seed or real data).")
+        render_validation(v, console)
 
     table = Table(title="Model", title_justify="left")
     for col in ("", "before", "after", "change"):

@@ -1,90 +1,187 @@
-"""Numerical validation: run the original and the folded model on the same inputs and compare.
+"""Numerical validation: run the original and the folded model on the same inputs, say what it proved.
 
 Both models run with onnxruntime at ORT_DISABLE_ALL (its own fusions would otherwise fold the
-original's BN too and hide any error), in a child process: onnxruntime can crash the whole
-process on some valid models (a segmentation fault on opset-9 BN with empty optional outputs),
-and a crash must become a clear report, not take bnfold down. Where onnxruntime has no kernel
-for the model (float64 or bfloat16 Conv on CPU), both run with onnx's reference evaluator
-instead, and the result says which backend measured it. Nothing is reported as passing that did
-not run.
+original's BN too and hide any error), in a child process (``_validate_worker``): onnxruntime can
+crash the whole process on some valid models, and a crash must become a clear report, not take
+bnfold down. Where onnxruntime has no kernel for the model (float64 or bfloat16 Conv on CPU),
+both run with onnx's reference evaluator instead, and the result says which backend measured it.
+
+Inputs: the user's (``.npz`` files or feed dicts), else three random sets (``bnfold.feeds``) on
+shapes chosen so that the outputs say something (``bnfold.shapes``). Every output is judged by
+the criterion of ``bnfold.tolerances``: relative to its scale, with the exact float64 answer as
+the arbiter where the fast pass does not decide. Three verdicts, in words and in JSON:
+
+- **passed**: every compared output met the criterion, and at least one was informative;
+- **failed**: an output did not (the worst is named, with its set), or the folded model does not
+  run where the original does;
+- **unproven**: nothing could be shown either way: the models could not run, the run did not
+  finish in time, every output is zero or non-finite on these inputs, the original does not
+  reproduce itself, or an output differs by more than the fast pass allows and no exact
+  reference could decide. ``reason`` says which.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import onnx
 
+from . import tolerances
 from .errors import BnfoldError
 from .limits import VALIDATE_TIMEOUT
 from .tolerances import check_tolerances
 
-
 DEFAULT_TIMEOUT = VALIDATE_TIMEOUT
+PASSED, FAILED, UNPROVEN = "passed", "failed", "unproven"
+REFERENCES = ("original", "float64")
+
+
+@dataclass(frozen=True)
+class ValidationOptions:
+    """How a validation runs, checked once (``checked``) and passed whole (pipeline, batch, check).
+
+    ``inputs``: ``.npz`` files or folders of them (or feed dicts, from the API) instead of random
+    sets; ``accept_unproven``: write a fold that validation could not prove (a failed one never).
+    """
+
+    input_shapes: Mapping[str, list[int]] = field(default_factory=dict)
+    inputs: tuple | None = None
+    atol: float | None = None
+    rtol: float | None = None
+    seed: int = 0
+    reference: str = "original"
+    timeout: float | None = DEFAULT_TIMEOUT
+    accept_unproven: bool = False
+
+    def checked(self) -> ValidationOptions:
+        """Itself, or BnfoldError for a value no validation could use (before any work)."""
+        check_tolerances(self.atol, self.rtol)
+        if self.reference not in REFERENCES:
+            raise BnfoldError(f"--reference {self.reference}: expected one of {', '.join(REFERENCES)}")
+        if self.timeout is not None and not self.timeout > 0:
+            raise BnfoldError(f"--validate-timeout {self.timeout}: expected a number of seconds > 0 (0: no limit)")
+        if self.inputs is not None and not isinstance(self.inputs, tuple):
+            raise BnfoldError("inputs: expected a tuple of feed dicts or .npz paths")
+        return self
+
+    def keywords(self) -> dict:
+        """These options as ``validate``'s keyword arguments."""
+        return dict(input_shapes=dict(self.input_shapes) or None, inputs=self.inputs, atol=self.atol, rtol=self.rtol,
+                    seed=self.seed, reference=self.reference, timeout=self.timeout)
+
+    def allows(self, result: ValidationResult | None) -> bool:
+        """Whether a fold with this validation result may be written."""
+        return result is None or result.passed or (self.accept_unproven and result.verdict == UNPROVEN)
 
 
 @dataclass(frozen=True)
 class OutputComparison:
-    """Errors of one graph output, over the elements that are finite in the original (NaN and
-    infinities must be the same in both). ``max_rel`` is taken over elements with ``|original| > atol``.
+    """One graph output over every input set, in Polygraphy's vocabulary (figures of the worst set).
 
-    ``max_ref`` is the largest finite ``|original|`` value (NaN: no finite element). The output is
-    ``informative`` when a wrong fold could show in it: ``max_ref`` above the dtype's default atol
-    (booleans: both values occur). An uninformative output passes whatever the fold did. ``nondeterministic``: a second run of the original
-    did not reproduce this output (by up to ``self_diff``), so it was not held against the fold.
+    ``verdict``: passed, failed, unproven, uninformative (zero or non-finite everywhere: it passes
+    whatever the fold did), or nondeterministic (a second run of the original did not reproduce
+    it, by up to ``self_diff``). ``stage``: what decided (``fast pass``, ``exact reference``,
+    ``elementwise`` with ``--atol``/``--rtol``). ``scale``: the largest finite ``|original|``;
+    ``needed``: the worst error in eps of that scale, i.e. the tolerance that would have been
+    needed; ``exact_original``/``exact_folded``: each model's distance from the exact float64
+    answer, when it was computed. ``max_rel`` is over elements at least 1e-3 of the scale.
     """
 
     name: str
     dtype: str
     shape: list[int]
+    verdict: str
+    stage: str | None
     max_abs: float
+    mean_abs: float
+    median_abs: float
+    p99_abs: float
     max_rel: float
-    atol: float
-    rtol: float
-    passed: bool
-    max_ref: float = float("nan")
+    scale: float
+    needed: float
+    worst_set: str
+    why: str | None = None
+    exact_original: float | None = None
+    exact_folded: float | None = None
+    atol: float | None = None
+    rtol: float | None = None
     informative: bool = True
     nondeterministic: bool = False
     self_diff: float = 0.0
 
     @property
+    def passed(self) -> bool:
+        """Within the criterion (uninformative outputs are: that is why they prove nothing)."""
+        return self.verdict in (PASSED, "uninformative")
+
+    @property
     def uninformative(self) -> bool:
         return not self.informative
+
+    @property
+    def max_ref(self) -> float:  # the name of earlier versions
+        return self.scale
 
 
 @dataclass
 class ValidationResult:
-    """Outcome of ``validate``.
+    """Outcome of ``validate``: ``verdict`` (passed / failed / unproven) and why.
 
-    ``passed`` is True only when both models ran and every output is within tolerance, apart from
-    outputs the original does not reproduce itself (``nondeterministic``), and at least one of the
-    compared outputs is informative (not zero or non-finite everywhere: there a wrong fold would
-    pass too). Otherwise ``passed`` is False and, unless an output differed, ``error`` says why.
+    ``reason``: for failed, the worst output and where; for unproven, what kept it from proving
+    anything. ``sets``: the input sets (label and shapes); ``inputs``: the shapes of the first;
+    ``shapes_chosen``: how they were chosen; ``reference``: whether the exact float64 answer was
+    computed (``mode``, ``ran``, ``error``).
     """
 
-    passed: bool
+    verdict: str
     outputs: list[OutputComparison] = field(default_factory=list)
     backend: str = ""
     inputs: dict[str, list[int]] = field(default_factory=dict)
     seed: int = 0
-    error: str | None = None
+    reason: str | None = None
+    sets: list[dict] = field(default_factory=list)
+    shapes_chosen: str = ""
+    reference: dict = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict == PASSED
+
+    @property
+    def error(self) -> str | None:
+        """Why the models could not be compared (unproven, or the folded model does not run); None
+        when they were and an output differed (``reason`` names it)."""
+        return self.reason if self.verdict == UNPROVEN or (self.verdict == FAILED and not self.outputs) else None
+
+    def summary(self) -> str:
+        """One line: the verdict and why."""
+        if self.verdict == PASSED:
+            exact = " (exact reference)" if any(o.stage == "exact reference" for o in self.outputs) else ""
+            return f"passed{exact}"
+        return f"{self.verdict}: {self.reason}"
 
     def to_dict(self) -> dict:
         """Plain data for JSON; non-finite errors as strings (``bnfold.jsonout``)."""
         from .jsonout import jsonable
 
-        return jsonable(asdict(self))
+        doc = asdict(self)
+        doc["outputs"] = [{**asdict(o), "passed": o.passed} for o in self.outputs]
+        doc["passed"] = self.passed
+        doc["error"] = self.error
+        return jsonable(doc)
 
 
 def failure_reason(error: str | None) -> str:
-    """Why a validation failed, for one-line messages: the run's error, or the outputs differed."""
+    """Why a validation did not pass, for one-line messages."""
     return error or "outputs differ beyond tolerance"
 
 
@@ -114,40 +211,72 @@ def _as_path(model: onnx.ModelProto | str | os.PathLike, workdir: str, name: str
     return os.fspath(model)
 
 
+def _input_files(inputs, workdir: str) -> list[str]:
+    """``.npz`` paths for the worker: files and folders as given, feed dicts written to ``workdir``."""
+    import numpy as np
+
+    from .feeds import expand_paths
+
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    paths, written = [], 0
+    for item in inputs:
+        if isinstance(item, Mapping):
+            path = os.path.join(workdir, f"inputs-{written}.npz")
+            np.savez(path, **{k: np.asarray(v) for k, v in item.items()})
+            paths.append(path)
+            written += 1
+        else:
+            paths += [str(p) for p in expand_paths([item])]
+    if not paths:
+        raise BnfoldError("inputs: no input set given")
+    return paths
+
+
 def validate(
     original: onnx.ModelProto | str | os.PathLike,
     folded: onnx.ModelProto | str | os.PathLike,
     *,
     input_shapes: dict[str, list[int]] | None = None,
+    inputs: Iterable[Mapping] | Iterable[str | os.PathLike] | str | os.PathLike | None = None,
     atol: float | None = None,
     rtol: float | None = None,
     seed: int = 0,
+    reference: str = "original",
     timeout: float | None = DEFAULT_TIMEOUT,
 ) -> ValidationResult:
-    """Run both models on seeded random inputs and compare every output.
+    """Run both models on the same inputs and judge every output (see the module docstring).
 
     Args:
         original, folded: models or paths to them.
-        input_shapes: shapes for inputs with symbolic dimensions (others default to 1).
-        atol, rtol: override the dtype-aware defaults of ``bnfold.tolerances``.
+        input_shapes: shapes for inputs with symbolic dimensions (others are chosen, ``bnfold.shapes``).
+        inputs: real input sets instead of random ones: feed dicts, or ``.npz`` files / folders of them.
+        atol, rtol: judge elementwise with these instead (``|d| <= atol + rtol * |original|``).
         seed: seed of the random inputs.
-        timeout: seconds before the run is abandoned and reported as not finished (default
+        reference: ``"original"`` (the fast pass, the exact answer only where it does not decide)
+            or ``"float64"`` (every output judged against the exact answer, distances reported).
+        timeout: seconds before the run is abandoned and reported as unproven (default
             ``DEFAULT_TIMEOUT``; None: no limit). A Loop with a huge trip count never ends.
 
     Raises BnfoldError, before anything runs, for a tolerance that is not a finite number >= 0,
-    an input shape that does not fit the model or memory (``bnfold.inputs``), or a model file
-    that cannot be read.
+    an unknown reference, an input shape or input set that does not fit the model or memory, or
+    a model file that cannot be read.
     """
     check_tolerances(atol, rtol)
+    if reference not in REFERENCES:
+        raise BnfoldError(f"--reference {reference}: expected one of {', '.join(REFERENCES)}")
     with tempfile.TemporaryDirectory(prefix="bnfold-validate-") as workdir:
         request = {
             "label": "<in-memory model>" if isinstance(original, onnx.ModelProto) else os.fspath(original),
             "original": _as_path(original, workdir, "original.onnx"),
             "folded": _as_path(folded, workdir, "folded.onnx"),
             "input_shapes": input_shapes or {},
+            "inputs": None if inputs is None else _input_files(inputs, workdir),
             "seed": seed,
             "atol": atol,
             "rtol": rtol,
+            "reference": reference,
+            "timeout": timeout,
             "result": os.path.join(workdir, "result.json"),
             "progress": os.path.join(workdir, "progress.txt"),
         }
@@ -159,14 +288,14 @@ def validate(
                 capture_output=True, text=True, timeout=timeout,
             )
         except subprocess.TimeoutExpired:
-            return ValidationResult(False, seed=seed, error=f"validation did not finish within the time limit of "
-                                                            f"{timeout:g} s (--validate-timeout sets it)")
+            return ValidationResult(UNPROVEN, seed=seed, reason=f"validation did not finish within the time limit of "
+                                                                f"{timeout:g} s (--validate-timeout sets it)")
         if proc.returncode != 0 or not os.path.exists(request["result"]):
-            return ValidationResult(False, seed=seed, error=_crash_message(proc, request["progress"]))
+            return ValidationResult(UNPROVEN, seed=seed, reason=_crash_message(proc, request["progress"]))
         raw = json.loads(Path(request["result"]).read_text())
     if raw.get("refused"):  # unusable input found by the worker before running anything
         raise BnfoldError(raw["refused"])
-    return _judge(raw, seed)
+    return _judge(raw, seed, atol, rtol)
 
 
 def _crash_message(proc: subprocess.CompletedProcess, progress_path: str) -> str:
@@ -181,17 +310,91 @@ def _crash_message(proc: subprocess.CompletedProcess, progress_path: str) -> str
     return f"validation failed while {stage}: {last}"
 
 
-def _judge(raw: dict, seed: int) -> ValidationResult:
-    outputs = [OutputComparison(**out) for out in raw.get("outputs", [])]
-    error = raw.get("error")
-    compared = [o for o in outputs if not o.nondeterministic]
-    if error is None and outputs and not compared:
+def _set_verdict(e: dict, dtype: str, elementwise: bool) -> tuple[str, str | None, str | None]:
+    """(verdict, stage, why) of one output on one input set, from the worker's figures."""
+    if not e["specials_kept"]:
+        return FAILED, None, "a NaN or infinity of the original is not the same in the folded model"
+    is_float = not (dtype.startswith(("int", "uint")) or dtype == "bool")
+    if not is_float:
+        return (PASSED, "exact", None) if e["max_abs"] == 0 else (FAILED, "exact", "the values differ")
+    if not e["informative"]:
+        return "uninformative", None, None
+    if elementwise:
+        return (PASSED, "elementwise", None) if e["within_elementwise"] else \
+            (FAILED, "elementwise", "beyond --atol/--rtol")
+    if tolerances.fast_pass(e["max_abs"], e["scale"], dtype):
+        return PASSED, "fast pass", None
+    if "exact_folded" in e:
+        if tolerances.exact_pass(e["exact_folded"], e["exact_original"], e["scale"], dtype):
+            return PASSED, "exact reference", None
+        return FAILED, "exact reference", (f"{e['exact_folded']:.3g} from the exact answer where the original is "
+                                           f"{e['exact_original']:.3g}")
+    if tolerances.clear_failure(e["max_abs"], e["scale"], dtype):
+        return FAILED, "fast pass", f"{e['needed']:.0f} eps of its scale off the original"
+    return UNPROVEN, "fast pass", (f"{e['needed']:.0f} eps of its scale off the original, more than the fast "
+                                   f"pass allows ({tolerances.FAST_PASS_EPS:.0f}), and no exact reference decided")
+
+
+def output_verdict(out: dict, elementwise: bool) -> tuple[str, str | None, dict, str | None]:
+    """(verdict, stage, worst set's figures, why) of one output over every input set."""
+    if out["shape"] != out["folded_shape"] or out["dtype"] != out["folded_dtype"]:
+        worst = out["sets"][0]
+        why = (f"the folded model's output is {out['folded_dtype']}{out['folded_shape']}, the original's "
+               f"{out['dtype']}{out['shape']}")
+        return FAILED, None, worst, why
+    judged = [(_set_verdict(e, out["dtype"], elementwise), e) for e in out["sets"]]
+    worst = max(out["sets"], key=lambda e: -1.0 if math.isnan(e["needed"]) else e["needed"])
+    for verdict in (FAILED, UNPROVEN):
+        bad = [(v, e) for v, e in judged if v[0] == verdict]
+        if bad:
+            (_, stage, why), e = bad[0]
+            return verdict, stage, e, f"{why} ({e['set']} inputs)"
+    if all(v[0] == "uninformative" for v, _ in judged):
+        return "uninformative", None, worst, None
+    stages = {v[1] for v, _ in judged}
+    stage = next((s for s in ("exact reference", "elementwise", "fast pass", "exact") if s in stages), None)
+    return PASSED, stage, worst, None
+
+
+def _comparison(out: dict, elementwise: bool, atol, rtol) -> OutputComparison:
+    verdict, stage, e, why = output_verdict(out, elementwise)
+    if out.get("nondeterministic"):
+        verdict, why = "nondeterministic", f"a second run of the original differs by up to {out['self_diff']:.3g}"
+    informative = any(s["informative"] for s in out["sets"])
+    tol = tolerances.tolerance_for(out["dtype"], atol, rtol) if elementwise else None
+    return OutputComparison(
+        out["name"], out["dtype"], out["shape"], verdict, stage, e["max_abs"], e["mean_abs"], e["median_abs"],
+        e["p99_abs"], e["max_rel"], e["scale"], e["needed"], e["set"], why, e.get("exact_original"),
+        e.get("exact_folded"), tol.atol if tol else None, tol.rtol if tol else None, informative,
+        bool(out.get("nondeterministic")), float(out.get("self_diff", 0.0)))
+
+
+def _judge(raw: dict, seed: int, atol: float | None = None, rtol: float | None = None) -> ValidationResult:
+    elementwise = bool(raw.get("elementwise"))
+    outputs = [_comparison(out, elementwise, atol, rtol) for out in raw.get("outputs", [])]
+    sets = raw.get("sets", [])
+    common = dict(outputs=outputs, backend=raw.get("backend", ""), inputs=sets[0]["inputs"] if sets else {},
+                  seed=seed, sets=sets, shapes_chosen=raw.get("shapes_chosen", ""), reference=raw.get("reference", {}))
+    if raw.get("failed"):
+        return ValidationResult(FAILED, reason=raw["failed"], **common)
+    if raw.get("error"):
+        return ValidationResult(UNPROVEN, reason=raw["error"], **common)
+    failed = [o for o in outputs if o.verdict == FAILED]
+    if failed:
+        worst = max(failed, key=lambda o: 0.0 if math.isnan(o.needed) else o.needed)
+        return ValidationResult(FAILED, reason=f"output '{worst.name}': {worst.why}", **common)
+    compared = [o for o in outputs if o.verdict != "nondeterministic"]
+    if outputs and not compared:
         worst = max(outputs, key=lambda o: o.self_diff)
-        error = (f"the original model is not deterministic: two runs of it differ (output '{worst.name}' by "
-                 f"{worst.self_diff:.3g}), so its outputs cannot be compared with the folded model's")
-    elif error is None and compared and all(o.uninformative for o in compared) and all(o.passed for o in compared):
+        return ValidationResult(UNPROVEN, reason=(
+            f"the original model is not deterministic: two runs of it differ (output '{worst.name}' by "
+            f"{worst.self_diff:.3g}), so its outputs cannot be compared with the folded model's"), **common)
+    unproven = [o for o in compared if o.verdict == UNPROVEN]
+    if unproven:
+        return ValidationResult(UNPROVEN, reason=f"output '{unproven[0].name}': {unproven[0].why}", **common)
+    if not any(o.verdict == PASSED for o in compared):
         names = ", ".join(f"'{o.name}'" for o in compared)
-        error = (f"nothing was proven: every output ({names}) is zero or not finite everywhere on these inputs, "
-                 "where a wrong fold would look the same; try other --input-shape or --seed values")
-    passed = error is None and bool(compared) and all(o.passed for o in compared)
-    return ValidationResult(passed, outputs, raw.get("backend", ""), raw.get("inputs", {}), seed, error)
+        return ValidationResult(UNPROVEN, reason=(
+            f"nothing was proven: every output ({names}) is zero or not finite everywhere on these inputs, where a "
+            "wrong fold would look the same; give real inputs (--inputs) or other --input-shape values"), **common)
+    return ValidationResult(PASSED, **common)

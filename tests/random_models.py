@@ -1433,7 +1433,7 @@ def _exact_batchnorm():
                 outputs = BatchNormalization_14._run(self, x, scale, bias, mean, var, epsilon=epsilon,
                                                      momentum=momentum, training_mode=1)
                 return outputs[:len(self.onnx_node.output)]
-            eps = 1e-5 if epsilon is None else float(epsilon)
+            eps = float(np.float32(1e-5)) if epsilon is None else float(epsilon)  # the float attribute default
             shape = (1, -1) + (1,) * (x.ndim - 2)
             f = [np.asarray(a, dtype=np.float64).reshape(shape) for a in (scale, bias, mean, var)]
             y = (x.astype(np.float64) - f[2]) / np.sqrt(f[3] + eps) * f[0] + f[1]

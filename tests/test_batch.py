@@ -19,9 +19,9 @@ from click.testing import CliRunner, Result
 from bnfold.cli import cli
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
-REPORT_KEYS = {"input", "output", "written", "ok", "folds", "refusals", "validation", "before", "after", "seconds",
+REPORT_KEYS = {"input", "output", "written", "ok", "verdict", "unproven_accepted", "folds", "refusals", "validation", "before", "after", "seconds",
                "bench"}
-SUMMARY_KEYS = {"files", "written", "validation_failed", "unusable", "rolled_back", "not_started", "folds", "refusals",
+SUMMARY_KEYS = {"files", "written", "validation_failed", "unproven", "unusable", "rolled_back", "not_started", "folds", "refusals",
                 "interrupted"}
 
 
@@ -259,7 +259,8 @@ def test_zero_tolerance_fails_the_folded_file_only(tmp_path):
     assert (failed["ok"], failed["written"], failed["output"], failed["validation"]["passed"]) == (False, False, None, False)
     assert (passed["ok"], passed["written"], passed["validation"]) == (True, True, None)
     assert (failed["status"], passed["status"]) == ("validation failed", "written")
-    assert doc["summary"] == {"files": 2, "written": 1, "validation_failed": 1, "unusable": 0, "rolled_back": 0,
+    assert doc["summary"] == {"files": 2, "written": 1, "validation_failed": 1, "unproven": 0, "unusable": 0,
+                              "rolled_back": 0,
                               "not_started": 0, "folds": 2, "refusals": 1, "interrupted": None}
 
 
@@ -318,4 +319,4 @@ def test_summary_table(tmp_path):
         "file", "folds", "refusals", "validation", "nodes before→after", "status"]
     assert rows[str(a)] == ["1", "0", "passed", "2→1", f"written → {tmp_path / 'a.folded.onnx'}"]
     assert rows[str(r)] == ["0", "1", "not run", "3→3", f"written → {tmp_path / 'r.folded.onnx'}"]
-    assert "2 files: 2 written, 0 failed validation, 0 unusable" in result.stdout
+    assert "2 files: 2 written, 0 failed validation, 0 not proven, 0 unusable" in result.stdout

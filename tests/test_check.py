@@ -174,6 +174,7 @@ def test_json_document(foldable, clean, unreadable):
                       "into": "conv", "into_op": "Conv", "graph": "main"}],
         "error": None,
         "fixed": False,
+        "unproven": False,
         "interrupted": None,
     }
     assert by_path[str(clean)]["findings"] == [] and by_path[str(clean)]["error"] is None
@@ -228,7 +229,7 @@ def test_fix_leaves_clean_files_unwritten(clean):
 
 
 def test_fix_that_fails_validation_leaves_the_file_and_exits_1(foldable, monkeypatch):
-    monkeypatch.setattr(bnfold.pipeline, "validate", lambda *a, **k: ValidationResult(False, error="forced"))
+    monkeypatch.setattr(bnfold.pipeline, "validate", lambda *a, **k: ValidationResult("failed", reason="forced"))
     before = sha256(foldable)
     result = run("--fix", "--format", "json", foldable)
     assert result.exit_code == 1
@@ -287,7 +288,7 @@ def test_fix_with_a_disabled_rule_still_folds_with_the_others(project, tmp_path)
 
 
 def test_fix_with_rules_that_fails_validation_leaves_the_file(project, foldable, monkeypatch):
-    monkeypatch.setattr("bnfold.pipeline.validate", lambda *a, **k: ValidationResult(False, error="forced"))
+    monkeypatch.setattr("bnfold.pipeline.validate", lambda *a, **k: ValidationResult("failed", reason="forced"))
     before = sha256(foldable)
     result = run("--disable", "gemm-bn", "--fix", foldable)
     assert result.exit_code == 1
@@ -307,7 +308,7 @@ def test_unknown_setting_exits_2_naming_the_key(project, foldable):
     settings(project, "tolerance = 1")
     result = run(foldable)
     assert result.exit_code == 2 and result.stdout == ""
-    expected = f"{project / 'pyproject.toml'}: [tool.bnfold]: unknown key 'tolerance' (known: atol, rtol, disable, ignore)"
+    expected = f"{project / 'pyproject.toml'}: [tool.bnfold]: unknown key 'tolerance' (known: atol, rtol, reference, accept_unproven, disable, ignore)"
     assert lines(result.stderr) == [f"bnfold: error: {expected}"]
 
 
@@ -344,7 +345,7 @@ def test_tolerances_from_settings_and_flags_reach_the_fix(project, foldable, mon
 
     def fake_validate(*args, atol=None, rtol=None, **kwargs):
         seen.append((atol, rtol))
-        return ValidationResult(True)
+        return ValidationResult("passed")
 
     monkeypatch.setattr(bnfold.pipeline, "validate", fake_validate)
     settings(project, "atol = 0.5\nrtol = 0.25")

@@ -45,7 +45,7 @@ def test_no_pyproject_means_defaults(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("[tool.bnfold]\ntolerance = 1\n", "[tool.bnfold]: unknown key 'tolerance' (known: atol, rtol, disable, ignore)"),
+    ("[tool.bnfold]\ntolerance = 1\n", "[tool.bnfold]: unknown key 'tolerance' (known: atol, rtol, reference, accept_unproven, disable, ignore)"),
     ('[tool.bnfold]\ndisable = ["conv-bm"]\n', "[tool.bnfold]: 'disable': unknown rule 'conv-bm' (rules: conv-bn, "),
     ('[tool.bnfold]\natol = "1e-4"\n', "[tool.bnfold]: 'atol' must be a number >= 0, not '1e-4'"),
     ("[tool.bnfold]\nrtol = -1\n", "[tool.bnfold]: 'rtol' must be a number >= 0, not -1"),

@@ -75,13 +75,23 @@ def test_optimize_in_place(src, tmp_path):
     assert bn_count(src) == 0
 
 
+def unrunnable_model() -> onnx.ModelProto:
+    """conv_bn_model whose output goes through an operator of a custom domain no runtime here knows."""
+    model = builders.conv_bn_model()
+    y = model.graph.output[0]
+    model.graph.node.append(onnx.helper.make_node("Mystery", [y.name], ["Z"], domain="com.example"))
+    model.graph.output[0].name = "Z"
+    model.opset_import.append(onnx.helper.make_opsetid("com.example", 1))
+    return model
+
+
 @pytest.mark.parametrize("kwargs", [
     {"atol": 0.0, "rtol": 0.0},  # the correct fold's few-ulp error is beyond a zero tolerance
-    {},  # validation cannot even run: H = W = 1 (the default) is too small for the 3x3 Conv
+    {},  # validation cannot even run: an operator no runtime here has
 ], ids=["beyond-tolerance", "cannot-run"])
 def test_failed_validation_is_reported_and_nothing_is_written(src, tmp_path, kwargs):
     if not kwargs:
-        onnx.save(builders.symbolic_spatial_model(), src)
+        onnx.save(unrunnable_model(), src)
     before = folder_state(tmp_path)
 
     report = bnfold.optimize(src, tmp_path / "out.onnx", **kwargs)
@@ -89,10 +99,39 @@ def test_failed_validation_is_reported_and_nothing_is_written(src, tmp_path, kwa
     assert report.ok is False and report.written is False and report.validation.passed is False
     assert report.to_dict()["output"] is None and report.to_dict()["after"]["file_bytes"] is None
     if "atol" in kwargs:
+        assert report.verdict == "failed"
         assert report.validation.error is None and report.validation.outputs[0].max_abs > 0
     else:
-        assert report.validation.error and report.validation.outputs == []
+        assert report.verdict == "unproven"
+        assert "cannot load the original model" in report.validation.error
+        assert report.validation.outputs == []
     assert folder_state(tmp_path) == before
+
+
+def test_an_unproven_fold_is_written_only_when_accepted(src, tmp_path):
+    from bnfold.validation import ValidationOptions
+
+    onnx.save(unrunnable_model(), src)
+    refused = bnfold.optimize(src, tmp_path / "out.onnx")
+    assert (refused.verdict, refused.ok, refused.written) == ("unproven", False, False)
+    accepted = bnfold.optimize(src, tmp_path / "out.onnx", validation=ValidationOptions(accept_unproven=True))
+    assert (accepted.verdict, accepted.ok, accepted.written, accepted.unproven_accepted) == ("unproven", True, True, True)
+    assert bn_count(tmp_path / "out.onnx") == 0
+    runnable = tmp_path / "runnable.onnx"
+    onnx.save(builders.two_branch_model(), runnable)
+    failed = bnfold.optimize(runnable, tmp_path / "never.onnx",
+                             validation=ValidationOptions(atol=0.0, rtol=0.0, accept_unproven=True))
+    assert (failed.verdict, failed.written) == ("failed", False)  # a failed fold is never accepted
+    assert not (tmp_path / "never.onnx").exists()
+
+
+def test_validation_options_and_their_keywords_are_one_or_the_other(src, tmp_path):
+    from bnfold.validation import ValidationOptions
+
+    with pytest.raises(BnfoldError, match="either as validation=ValidationOptions"):
+        bnfold.optimize(src, tmp_path / "out.onnx", atol=1e-3, validation=ValidationOptions())
+    with pytest.raises(BnfoldError, match="--reference exact: expected one of original, float64"):
+        bnfold.optimize(src, tmp_path / "out.onnx", validation=ValidationOptions(reference="exact"))
 
 
 def test_failed_validation_in_place_keeps_the_input(src, tmp_path):

@@ -17,8 +17,9 @@ from onnx import helper, numpy_helper
 
 import bnfold
 import builders
-from bnfold._validate_worker import make_inputs
-from bnfold.tolerances import DEFAULT_TOLERANCES
+from bnfold.runtime import make_inputs
+from bnfold import tolerances
+from bnfold.tolerances import CLEAR_FAIL_EPS, DEFAULT_TOLERANCES, FAST_PASS_EPS
 
 
 # ---------------------------------------------------------------------------------------------
@@ -98,8 +99,10 @@ def test_correct_fold_passes_with_small_nonzero_error(correct):
     assert correct.inputs == {"X": [1, 4, 8, 8]} and correct.seed == 0
     [out] = correct.outputs
     assert (out.name, out.dtype, out.shape, out.passed) == ("Y", "float32", [1, 8, 6, 6], True)
-    assert 0 < out.max_abs <= out.atol  # folding moved the rounding, within tolerance
-    assert 0 < out.max_rel
+    assert (out.verdict, out.stage) == ("passed", "fast pass")
+    assert 0 < out.needed <= FAST_PASS_EPS  # folding moved the rounding, by a few eps of the output's scale
+    assert 0 < out.max_rel and out.scale > 1
+    assert [s["label"] for s in correct.sets] == ["normal", "image", "wide"]
 
 
 def test_reported_errors_are_the_real_ones(pair, correct):
@@ -126,9 +129,11 @@ def test_wrong_fold_fails(pair):
 
     result = bnfold.validate(original, wrong)
 
-    assert result.passed is False and result.error is None  # it ran, and it measured a difference
+    assert result.verdict == "failed"  # it ran, and it measured a difference
+    assert result.reason.startswith("output 'Y': ") and "from the exact answer where the original is" in result.reason
     [out] = result.outputs
-    assert out.passed is False and out.max_abs > 10 * out.atol
+    assert out.passed is False and out.verdict == "failed" and out.stage == "exact reference"
+    assert out.needed > CLEAR_FAIL_EPS and out.exact_folded > 1000 * out.exact_original
 
 
 def test_wrong_output_shape_fails(pair):
@@ -137,9 +142,10 @@ def test_wrong_output_shape_fails(pair):
 
     result = bnfold.validate(original, other)
 
-    assert result.passed is False
+    assert result.verdict == "failed"
     [out] = result.outputs
     assert out.passed is False and out.max_abs == float("inf")
+    assert out.why == "the folded model's output is float32[1, 4, 6, 6], the original's float32[1, 8, 6, 6]"
 
 
 def test_missing_output_fails():
@@ -176,17 +182,17 @@ def test_input_shapes_naming_no_input_is_a_usage_error(pair):
         bnfold.validate(*pair, input_shapes={"nope": [1, 4, 8, 8]})
 
 
-def test_model_that_cannot_run_with_default_shape_says_input_shape():
+def test_symbolic_spatial_dims_are_searched_and_input_shapes_win():
+    """At 1x1 the 3x3 Conv cannot run; the search takes the first size where every output varies."""
     original = builders.symbolic_spatial_model()
     folded = bnfold.fold(original).model
 
-    failed = bnfold.validate(original, folded)
-    fixed = bnfold.validate(original, folded, input_shapes={"X": [1, 4, 8, 8]})
+    searched = bnfold.validate(original, folded)
+    given = bnfold.validate(original, folded, input_shapes={"X": [1, 4, 8, 8]})
 
-    assert failed.passed is False and failed.outputs == []
-    assert "--input-shape" in failed.error and "X" in failed.error
-    assert failed.inputs == {"X": [1, 4, 1, 1]}
-    assert fixed.passed and fixed.inputs == {"X": [1, 4, 8, 8]}
+    assert searched.passed and searched.inputs == {"X": [1, 4, 32, 32]}
+    assert "set to 32: the first size tried where every output varies" in searched.shapes_chosen
+    assert given.passed and given.inputs == {"X": [1, 4, 8, 8]} and "given (--input-shape)" in given.shapes_chosen
 
 
 def test_zero_sized_input_is_not_a_pass():
@@ -214,12 +220,13 @@ def test_no_onnxruntime_kernel_falls_back_to_reference(dtype, model_kwargs):
     bad = bnfold.validate(original, perturbed(folded, folded_weight_name(folded), delta=0.5))
 
     for result in (good, bad):
-        assert "onnx.reference" in result.backend and result.error is None
+        assert "onnx.reference" in result.backend
         assert result.outputs[0].dtype == dtype
-    assert good.passed and 0 < good.outputs[0].max_abs <= good.outputs[0].atol
-    assert (good.outputs[0].atol, good.outputs[0].rtol) == (DEFAULT_TOLERANCES[dtype].atol,
-                                                            DEFAULT_TOLERANCES[dtype].rtol)
-    assert not bad.passed and not bad.outputs[0].passed and bad.outputs[0].max_abs > bad.outputs[0].atol
+    assert good.passed and good.error is None
+    assert good.outputs[0].stage == ("fast pass" if dtype == "float64" else "exact reference")  # bfloat16: always exact
+    assert bad.verdict == "failed" and not bad.outputs[0].passed
+    assert bad.outputs[0].stage == "exact reference"
+    assert bad.outputs[0].exact_folded > 1e-3 and bad.outputs[0].exact_folded > 50 * bad.outputs[0].exact_original
 
 
 def test_opset9_bn_with_empty_outputs_does_not_crash():
@@ -257,7 +264,7 @@ def test_killed_worker_is_reported_as_a_crash(pair, tmp_path, monkeypatch):
 
 def test_timeout_is_an_error_not_a_pass(pair):
     result = bnfold.validate(*pair, timeout=0.001)
-    assert result.passed is False and "did not finish" in result.error
+    assert result.verdict == "unproven" and "did not finish" in result.error
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,10 +272,13 @@ def test_timeout_is_an_error_not_a_pass(pair):
 # ---------------------------------------------------------------------------------------------
 
 
-def test_default_tolerances_come_from_bnfold_tolerances(correct):
+def test_the_criterion_comes_from_bnfold_tolerances(correct):
+    """Without --atol/--rtol the scale-relative criterion decides; elementwise defaults stay for overrides."""
     assert (DEFAULT_TOLERANCES["float32"].atol, DEFAULT_TOLERANCES["float32"].rtol) == (1e-4, 1e-3)
     out = correct.outputs[0]
-    assert (out.atol, out.rtol) == (1e-4, 1e-3)
+    assert (out.atol, out.rtol) == (None, None)
+    assert tolerances.fast_pass(out.max_abs, out.scale, np.float32)
+    assert out.max_abs == pytest.approx(out.needed * tolerances.epsilon(np.float32) * out.scale)
 
 
 @pytest.mark.parametrize("atol, rtol, passed", [
@@ -281,6 +291,7 @@ def test_tolerance_overrides_apply(pair, correct, atol, rtol, passed):
 
     [out] = result.outputs
     assert (out.atol, out.rtol) == (1e-4 if atol is None else atol, 1e-3 if rtol is None else rtol)
+    assert out.stage == "elementwise"
     assert out.max_abs == correct.outputs[0].max_abs  # same seed: same inputs, same error
     assert out.passed is passed and result.passed is passed
 
@@ -365,7 +376,7 @@ def test_nan_where_the_original_is_finite_is_a_difference():
         node.output[:] = [f"{o}_pre" if o == y else o for o in node.output]
     broken.graph.node.extend([helper.make_node("Sqrt", [f"{y}_pre"], ["s"]), helper.make_node("Mul", ["s", "s"], [y])])
     result = bnfold.validate(model, broken)
-    assert not result.passed and result.error is None
+    assert result.verdict == "failed"
     assert result.outputs[0].max_abs == float("inf")
 
 
@@ -410,17 +421,16 @@ def test_random_ops_draw_the_same_numbers_in_both_models(seeded):
 def test_a_model_that_does_not_reproduce_itself_is_reported_as_such(monkeypatch):
     """A difference counts against the fold only when a second run of the original reproduces the
     first; otherwise the report says the model is not deterministic, not that outputs differ."""
-    import bnfold._validate_worker as worker
+    from bnfold.compare import errors
 
-    model = builders.conv_bn_model()
-    folded = bnfold.fold(model).model
-    raw = {"backend": "b", "inputs": {}, "outputs": [
-        {**worker.compare("Y", np.ones(3), np.full(3, 1.1), None, None), "nondeterministic": True, "self_diff": 0.0045}]}
-    judged = bnfold.validation._judge(raw, seed=0)
-    assert not judged.passed
+    ref, got = np.ones(3, np.float32), np.full(3, 1.1, np.float32)
+    out = {"name": "Y", "dtype": "float32", "shape": [3], "folded_dtype": "float32", "folded_shape": [3],
+           "sets": [{"set": "normal", **errors(ref, got).to_dict()}]}
+    assert bnfold.validation._judge({"outputs": [out]}, seed=0).verdict == "failed"
+    judged = bnfold.validation._judge({"outputs": [{**out, "nondeterministic": True, "self_diff": 0.0045}]}, seed=0)
+    assert judged.verdict == "unproven" and judged.outputs[0].verdict == "nondeterministic"
     assert judged.error == ("the original model is not deterministic: two runs of it differ (output 'Y' by 0.0045), "
                             "so its outputs cannot be compared with the folded model's")
-    del model, folded
 
 
 def test_json_of_a_validation_is_strict(tmp_path):

@@ -44,7 +44,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from .._validate_worker import CannotRun, _strip_empty_trailing_outputs, compare, make_inputs
+from ..compare import elementwise as compare
+from ..runtime import CannotRun, _strip_empty_trailing_outputs, make_inputs
 from ..errors import BnfoldError
 from ..io import read_model, write_model
 from .interface import output_differences

@@ -18,6 +18,9 @@ from ..constants import ONNX_DOMAINS
 from ..graph import FoldGraph
 
 _PARAM_NAMES = ("scale", "bias", "mean", "variance")
+#: BN's default epsilon is the float attribute 1e-5: its float32 value, 9.99999974738e-06, is what
+#: a runtime adds (the Python 1e-5 differs by 2.5e-13: visible at float64 precision).
+DEFAULT_EPSILON = float(np.float32(1e-5))
 _EXTRA_OUTPUTS = ("running_mean", "running_var", "saved_mean", "saved_var")
 
 
@@ -62,5 +65,5 @@ def read_affine(bn: gs.Node, graph: FoldGraph, channels: int) -> BatchNormAffine
         if value.shape != (channels,):
             raise NoFold(f"its {label} '{tensor.name}' has shape {list(value.shape)}, expected [{channels}]")
         values.append(value)
-    s, t = bn_affine(*values, float_attr(bn, "epsilon", 1e-5))
+    s, t = bn_affine(*values, float_attr(bn, "epsilon", DEFAULT_EPSILON))
     return BatchNormAffine(bn, s, t)
