@@ -93,16 +93,20 @@ def expand_paths(paths) -> list[Path]:
     return files
 
 
-def check_set(label: str, feeds: dict[str, np.ndarray], model_inputs: list[onnx.ValueInfoProto]) -> None:
-    """BnfoldError unless ``feeds`` has exactly the model's inputs, with their dtypes, ranks and static dims."""
+def check_set(label: str, feeds: dict[str, np.ndarray], model_inputs: list[onnx.ValueInfoProto]) -> dict[str, np.ndarray]:
+    """``feeds``, or BnfoldError unless it has exactly the model's inputs, with their dtypes, ranks and
+    static dims. (``.npz`` keeps bfloat16 as 2-byte void: read as bfloat16 where the model takes it.)"""
     names = [vi.name for vi in model_inputs]
     missing, extra = sorted(set(names) - set(feeds)), sorted(set(feeds) - set(names))
     if missing or extra:
         what = f"misses {', '.join(missing)}" if missing else f"has no input named {', '.join(extra)}"
         raise BnfoldError(f"{label}: the model's inputs are {', '.join(names)}; this set {what}")
+    feeds = dict(feeds)
     for vi in model_inputs:
         value = feeds[vi.name]
         dtype = onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
+        if np.dtype(dtype).name == "bfloat16" and value.dtype.kind == "V" and value.dtype.itemsize == 2:
+            value = feeds[vi.name] = value.view(dtype)
         if value.dtype != dtype:
             raise BnfoldError(f"{label}: input '{vi.name}' is {value.dtype.name}, the model takes {np.dtype(dtype).name}")
         dims = vi.type.tensor_type.shape.dim if vi.type.tensor_type.HasField("shape") else None
@@ -114,3 +118,4 @@ def check_set(label: str, feeds: dict[str, np.ndarray], model_inputs: list[onnx.
             if dim.HasField("dim_value") and dim.dim_value >= 0 and dim.dim_value != size:
                 raise BnfoldError(f"{label}: input '{vi.name}' has size {size} on axis {axis}, the model takes "
                                   f"{dim.dim_value}")
+    return feeds

@@ -71,6 +71,13 @@ def _finfo(dtype: np.dtype):
     return np.finfo(dtype)
 
 
+def narrow(dtype) -> bool:
+    """float16, bfloat16 and narrower floats: where a second rounding of a folded value costs
+    precision worth keeping (folds remember the unrounded values, ``FoldGraph.precise``)."""
+    dtype = np.dtype(dtype)
+    return dtype.kind in "fV" and dtype.itemsize <= 2
+
+
 def holds(dest, data) -> bool:
     """Whether float dtype ``dest`` represents every value of float dtype ``data`` exactly
     (at least as many mantissa bits and as wide an exponent range)."""

@@ -30,6 +30,7 @@ from onnx_graphsurgeon.logger.logger import G_LOGGER
 
 from .constants import MAX_CONSTANT_ELEMENTS, check_evaluable, evaluate_node, sparse_to_dense, tensor_value
 from .errors import NoFold
+from .foldmath import narrow
 
 G_LOGGER.severity = G_LOGGER.ERROR  # bnfold reports for itself; graphsurgeon's warnings are noise here
 
@@ -105,6 +106,9 @@ class ModelState:
     base_dir: str | None = None  # where tensors with external data are read from (a lazily read model)
     constants: dict[int, tuple[gs.Tensor, np.ndarray]] = field(default_factory=dict)
     owner: dict[int, FoldGraph] = field(default_factory=dict)  # node id -> the scope it belongs to
+    #: Tensor id -> the unrounded (float32) values of a float16/bfloat16 constant a fold wrote: the
+    #: next fold of it starts from there, so a chain folded one op at a time is rounded once.
+    shadows: dict[int, tuple[gs.Tensor, np.ndarray]] = field(default_factory=dict)
 
 
 class FoldGraph:
@@ -213,7 +217,19 @@ class FoldGraph:
         """A tensor name not used anywhere in the model, derived from ``base``."""
         return self.state.names.fresh(base)
 
-    def _constant(self, name: str, values: np.ndarray) -> gs.Tensor:
+    def precise(self, tensor: gs.Tensor) -> np.ndarray | None:
+        """The unrounded values a fold computed for ``tensor``, if it wrote one in a narrow float
+        dtype (see ``ModelState.shadows``); None otherwise (the stored values are exact)."""
+        shadow = self.state.shadows.get(id(tensor))
+        return shadow[1] if shadow is not None and shadow[0] is tensor else None
+
+    def _constant(self, name: str, values: np.ndarray, exact: np.ndarray | None = None) -> gs.Tensor:
+        tensor = self._store(name, values)
+        if exact is not None and narrow(np.asarray(values).dtype):
+            self.state.shadows[id(tensor)] = (tensor, np.asarray(exact, dtype=np.float32))
+        return tensor
+
+    def _store(self, name: str, values: np.ndarray) -> gs.Tensor:
         values = np.asarray(values)
         if self._holds_initializers:
             # Written into the model at once, so the array can go: one copy of the new weights.
@@ -240,11 +256,13 @@ class FoldGraph:
             self.proto.initializer.add()
         return self.proto.initializer[index]
 
-    def new_constant(self, base: str, values: np.ndarray) -> gs.Tensor:
-        """A new constant tensor with a fresh name, stored exactly as ``values`` (dtype kept)."""
-        return self._constant(self.fresh_name(base), values)
+    def new_constant(self, base: str, values: np.ndarray, exact: np.ndarray | None = None) -> gs.Tensor:
+        """A new constant tensor with a fresh name, stored exactly as ``values`` (dtype kept);
+        ``exact``: the float64 values ``values`` were rounded from (kept for narrow dtypes)."""
+        return self._constant(self.fresh_name(base), values, exact)
 
-    def replacement_constant(self, old: gs.Tensor, values: np.ndarray, base: str) -> gs.Tensor:
+    def replacement_constant(self, old: gs.Tensor, values: np.ndarray, base: str,
+                             exact: np.ndarray | None = None) -> gs.Tensor:
         """A constant to replace ``old`` as an input of exactly one node.
 
         Reuses ``old``'s name only when ``old`` is a plain initializer of this scope that one node
@@ -262,7 +280,7 @@ class FoldGraph:
             and old.name not in self.ns.overridable
             and _stored_type(old) == (onnx.helper.np_dtype_to_tensor_dtype(values.dtype), values.shape)
         )
-        return self._constant(old.name, values) if private else self.new_constant(base, values)
+        return self._constant(old.name, values, exact) if private else self.new_constant(base, values, exact)
 
     def add_node(self, op: str, inputs: list[gs.Tensor], outputs: list[gs.Tensor], *, after: gs.Node,
                  name: str, attrs: dict[str, Any] | None = None) -> gs.Node:

@@ -45,7 +45,7 @@ def _rows(console: Console, title: str, columns: tuple[str, ...], rows: list[tup
 
 
 def _eps(value: float) -> str:
-    return "-" if value != value else f"{value:.3g}"
+    return "-" if value != value else f"{value:.2g}"
 
 
 def render_validation(v, console: Console) -> None:
@@ -58,20 +58,23 @@ def render_validation(v, console: Console) -> None:
         shapes = ", ".join(f"{k}={'x'.join(map(str, s))}" for k, s in v.sets[0]["inputs"].items())
         labels = ", ".join(s["label"] for s in v.sets)
         console.print(f"  inputs: {len(v.sets)} set{'s' if len(v.sets) != 1 else ''} ({safe(labels)}), "
-                      f"{safe(shapes)}; shapes {safe(v.shapes_chosen)}")
+                      f"{safe(shapes)} (shapes: {safe(v.shapes_chosen)})")
     if not v.outputs:
         return
-    table = Table(title_justify="left", caption="needed: the worst error in eps of the output's scale (the "
-                  "tolerance that would have been needed); fast pass: 64 float32 eps; otherwise the exact float64 "
-                  "answer decides", caption_justify="left")
-    for col in ("output", "dtype", "scale", "max abs", "median abs", "p99 abs", "max rel", "needed", "set",
-                "decided by", "verdict"):
-        table.add_column(col, justify="left" if col in ("output", "dtype", "set", "decided by", "verdict") else "right")
+    from .tolerances import FAST_PASS_EPS
+
+    table = Table(title_justify="left", caption=f"needed: the worst error in eps of the output's scale, the tolerance "
+                  f"that would have been needed (the fast pass allows {FAST_PASS_EPS:.0f} for float32; beyond it the "
+                  "exact float64 answer decides). All figures: --json.", caption_justify="left")
+    for col in ("output", "dtype", "scale", "max abs", "p99 abs", "needed", "worst set", "verdict"):
+        table.add_column(col, justify="left" if col in ("output", "dtype", "worst set", "verdict") else "right")
     colors = {"passed": "green", "failed": "red"}
     for o in v.outputs:
         verdict = o.verdict if o.verdict not in colors else f"[{colors[o.verdict]}]{o.verdict}[/]"
-        table.add_row(safe(o.name), o.dtype, _eps(o.scale), _eps(o.max_abs), _eps(o.median_abs), _eps(o.p99_abs),
-                      _eps(o.max_rel), _eps(o.needed), safe(o.worst_set), o.stage or "-", verdict)
+        if o.stage and o.verdict in colors:
+            verdict += f" ({o.stage})"
+        table.add_row(safe(o.name), o.dtype, _eps(o.scale), _eps(o.max_abs), _eps(o.p99_abs), _eps(o.needed),
+                      safe(o.worst_set), verdict)
     console.print(table)
     for o in v.outputs:
         if o.exact_folded is not None:

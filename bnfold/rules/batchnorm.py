@@ -64,6 +64,7 @@ def read_affine(bn: gs.Node, graph: FoldGraph, channels: int) -> BatchNormAffine
             raise NoFold(f"its {label} is not a constant: {exc.reason}") from None
         if value.shape != (channels,):
             raise NoFold(f"its {label} '{tensor.name}' has shape {list(value.shape)}, expected [{channels}]")
-        values.append(value)
+        precise = graph.precise(tensor)  # a scale or bias bn-scale wrote in float16: its unrounded values
+        values.append(value if precise is None else precise)
     s, t = bn_affine(*values, float_attr(bn, "epsilon", DEFAULT_EPSILON))
     return BatchNormAffine(bn, s, t)

@@ -43,6 +43,7 @@ from ..constants import ONNX_DOMAINS
 from ..errors import NoFold
 from ..foldmath import (
     cast_checked,
+    narrow,
     fold_affine_into_conv_input,
     fold_affine_into_gemm_input,
     fold_affine_into_matmul_input,
@@ -122,7 +123,7 @@ class ConvInput(InputSide):
         return linear.weight.shape[1] * self.group(linear.node)
 
     def fold(self, linear: Linear, s: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return fold_affine_into_conv_input(linear.weight, linear.bias, s, t, self.group(linear.node))
+        return fold_affine_into_conv_input(linear.w, linear.b, s, t, self.group(linear.node))
 
 
 class GemmInput(InputSide):
@@ -154,7 +155,7 @@ class GemmInput(InputSide):
         node = linear.node
         # GemmKind.write sets beta to 1: the new C already carries beta (read only when there is a C).
         beta = 1.0 if linear.bias is None else float_attr(node, "beta", 1.0)
-        return fold_affine_into_gemm_input(linear.weight, linear.bias, s, t, float_attr(node, "alpha", 1.0),
+        return fold_affine_into_gemm_input(linear.w, linear.b, s, t, float_attr(node, "alpha", 1.0),
                                            beta, self.trans_b(node))
 
 
@@ -184,10 +185,10 @@ class MatMulInput(InputSide):
         return linear.weight.shape[0]
 
     def fold(self, linear: Linear, s: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        weight, shift = fold_affine_into_matmul_input(linear.weight, s, t)
+        weight, shift = fold_affine_into_matmul_input(linear.w, s, t)
         if linear.bias is None:
             return weight, shift
-        return weight, keep_bias_layout(matmul_bias_vector(linear.bias, linear.channels) + shift, linear.bias)
+        return weight, keep_bias_layout(matmul_bias_vector(linear.b, linear.channels) + shift, linear.bias)
 
 
 SIDES: dict[str, InputSide] = {k.op: k for k in (ConvInput(), GemmInput(), MatMulInput())}
@@ -277,7 +278,8 @@ class BatchNormLinearRule(Rule):
         what = describe(linear.node)
         weight = cast_checked(weight64, linear.weight.dtype, f"weight of {what}", original=linear.weight)
         bias = cast_checked(bias64, side.bias_dtype(linear), f"bias of {what}")
-        return FoldedLinear(linear, weight, bias)
+        return FoldedLinear(linear, weight, bias, weight64 if narrow(weight.dtype) else None,
+                            bias64 if narrow(bias.dtype) else None)
 
     def rewrite(self, plan: BNLinearPlan, graph: FoldGraph) -> Fold:
         bn = plan.bn

@@ -121,6 +121,8 @@ class BatchNormScalePlan:
     bn: gs.Node
     scale: np.ndarray
     bias: np.ndarray
+    exact_scale: np.ndarray  # the float64 values ``scale`` and ``bias`` were rounded from
+    exact_bias: np.ndarray
 
 
 class BatchNormScaleRule(Rule):
@@ -159,17 +161,19 @@ class BatchNormScaleRule(Rule):
         c = read_operand(element, graph, dtype, output_rank(y, graph), gamma.size, 1)
         s, t = affine_of(element, c)
         target = _parameter_dtype(bn, gamma.dtype, np.asarray(graph.constant(element.operand)).dtype, graph)
-        g64, b64 = gamma.astype(np.float64), beta.astype(np.float64)
-        scale = cast_checked(s * g64, target, f"scale of {describe(bn)}", original=gamma)
-        bias = cast_checked(s * b64 + t, target, f"bias of {describe(bn)}", original=beta)
-        return BatchNormScalePlan(element, bn, scale, bias)
+        g64, b64 = (np.asarray(v if p is None else p, dtype=np.float64)
+                    for v, p in ((gamma, graph.precise(bn.inputs[1])), (beta, graph.precise(bn.inputs[2]))))
+        scale64, bias64 = s * g64, s * b64 + t
+        scale = cast_checked(scale64, target, f"scale of {describe(bn)}", original=gamma)
+        bias = cast_checked(bias64, target, f"bias of {describe(bn)}", original=beta)
+        return BatchNormScalePlan(element, bn, scale, bias, scale64, bias64)
 
     def rewrite(self, plan: BatchNormScalePlan, graph: FoldGraph) -> Fold:
         bn, node = plan.bn, plan.element.node
         label = bn.name or bn.outputs[0].name
-        new_scale = graph.replacement_constant(bn.inputs[1], plan.scale, f"{label}.scale_folded")
+        new_scale = graph.replacement_constant(bn.inputs[1], plan.scale, f"{label}.scale_folded", plan.exact_scale)
         graph.replace_input(bn, 1, new_scale)
-        new_bias = graph.replacement_constant(bn.inputs[2], plan.bias, f"{label}.bias_folded")
+        new_bias = graph.replacement_constant(bn.inputs[2], plan.bias, f"{label}.bias_folded", plan.exact_bias)
         graph.replace_input(bn, 2, new_bias)
         z = node.outputs[0]
         node.outputs.clear()

@@ -29,7 +29,7 @@ import onnx_graphsurgeon as gs
 from ..attributes import float_attr, int_attr, is_reference
 from ..constants import ONNX_DOMAINS
 from ..errors import NoFold
-from ..foldmath import cast_checked, scale_along_axis, scale_cast_checked
+from ..foldmath import cast_checked, narrow, scale_along_axis, scale_cast_checked
 from ..graph import FoldGraph
 from .base import describe
 
@@ -47,6 +47,19 @@ class Linear:
     channel_axis: int  # axis of y that carries the channels (negative counts from the end)
     bias_node: gs.Node | None = None  # MatMul's Add
     via: list[gs.Node] = field(default_factory=list)  # pass-through nodes after the linear op (Reshape)
+    #: The unrounded values of a float16/bfloat16 weight or bias an earlier fold wrote (FoldGraph.precise).
+    exact_weight: np.ndarray | None = None
+    exact_bias: np.ndarray | None = None
+
+    @property
+    def w(self) -> np.ndarray:
+        """The weight's values for fold math: unrounded when a fold wrote them, else as stored."""
+        return self.weight if self.exact_weight is None else self.exact_weight
+
+    @property
+    def b(self) -> np.ndarray | None:
+        """The bias's values for fold math (see ``w``)."""
+        return self.bias if self.exact_bias is None else self.exact_bias
 
     @property
     def tail(self) -> gs.Node:
@@ -58,12 +71,15 @@ class Linear:
 class FoldedLinear:
     """New weight and bias for a Linear, already cast (and checked) to their dtypes.
 
-    ``bias`` None: the op has no bias and keeps none (a scale-only fold).
+    ``bias`` None: the op has no bias and keeps none (a scale-only fold). ``exact_*``: the float64
+    values they were rounded from, kept for float16/bfloat16 (a later fold of them starts there).
     """
 
     linear: Linear
     weight: np.ndarray
     bias: np.ndarray | None
+    exact_weight: np.ndarray | None = None
+    exact_bias: np.ndarray | None = None
 
 
 class LinearKind(ABC):
@@ -83,12 +99,15 @@ class LinearKind(ABC):
         """The weight axis that holds the output channels, when scaling is along one axis (None: see scale_weight)."""
         return None
 
-    def scaled_weight(self, linear: Linear, s: np.ndarray, what: str) -> np.ndarray:
-        """``scale_weight`` cast to the weight's dtype and checked (``foldmath.cast_checked``)."""
+    def scaled_weight(self, linear: Linear, s: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """``scale_weight`` cast to the weight's dtype and checked (``foldmath.cast_checked``), and
+        the float64 values it was rounded from when the dtype is narrow (float16, bfloat16)."""
         axis = self.weight_axis(linear)
-        if axis is None:
-            return cast_checked(self.scale_weight(linear, s), linear.weight.dtype, what, original=linear.weight)
-        return scale_cast_checked(linear.weight, s, axis, what)
+        if axis is None or narrow(linear.weight.dtype) or linear.exact_weight is not None:
+            exact = self.scale_weight(linear, s)
+            cast = cast_checked(exact, linear.weight.dtype, what, original=linear.weight)
+            return cast, exact if narrow(linear.weight.dtype) else None
+        return scale_cast_checked(linear.weight, s, axis, what), None
 
     @abstractmethod
     def folded_bias(self, linear: Linear, s: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -97,6 +116,14 @@ class LinearKind(ABC):
     @abstractmethod
     def write(self, folded: FoldedLinear, graph: FoldGraph) -> gs.Node:
         """Put the new weight and bias in place; returns the node whose first output carries y."""
+
+
+def with_precise(linear: Linear, graph: FoldGraph, bias_tensor: gs.Tensor | None = None) -> Linear:
+    """``linear`` with the unrounded values of a weight or bias an earlier fold wrote (see ``Linear.w``)."""
+    linear.exact_weight = graph.precise(linear.node.inputs[1])
+    if bias_tensor is not None:
+        linear.exact_bias = graph.precise(bias_tensor)
+    return linear
 
 
 def _weight_and_bias(node: gs.Node, graph: FoldGraph, bias_index: int = 2) -> tuple[np.ndarray, np.ndarray | None]:
@@ -116,13 +143,15 @@ def _label(node: gs.Node) -> str:
 def _replace_weight_and_bias(folded: FoldedLinear, graph: FoldGraph, bias_index: int = 2) -> gs.Node:
     node = folded.linear.node
     label = _label(node)
-    graph.replace_input(node, 1, graph.replacement_constant(node.inputs[1], folded.weight, f"{label}.weight_folded"))
+    graph.replace_input(node, 1, graph.replacement_constant(node.inputs[1], folded.weight, f"{label}.weight_folded",
+                                                            folded.exact_weight))
     if folded.bias is None:
         return node
     if len(node.inputs) > bias_index and node.inputs[bias_index].name:
-        new_bias = graph.replacement_constant(node.inputs[bias_index], folded.bias, f"{label}.bias_folded")
+        new_bias = graph.replacement_constant(node.inputs[bias_index], folded.bias, f"{label}.bias_folded",
+                                              folded.exact_bias)
     else:
-        new_bias = graph.new_constant(f"{label}.bias_folded", folded.bias)
+        new_bias = graph.new_constant(f"{label}.bias_folded", folded.bias, folded.exact_bias)
     graph.replace_input(node, bias_index, new_bias)
     return node
 
@@ -134,7 +163,8 @@ class ConvKind(LinearKind):
         weight, bias = _weight_and_bias(node, graph)
         if weight.ndim < 3:
             raise NoFold(f"{describe(node)} weight has rank {weight.ndim}; a {self.op} weight has rank >= 3")
-        return Linear(self, node, weight, bias, self.channels(node, weight), weight.ndim, 1)
+        linear = Linear(self, node, weight, bias, self.channels(node, weight), weight.ndim, 1)
+        return with_precise(linear, graph, node.inputs[2] if bias is not None else None)
 
     def channels(self, node: gs.Node, weight: np.ndarray) -> int:
         return weight.shape[0]
@@ -143,10 +173,10 @@ class ConvKind(LinearKind):
         return 0
 
     def scale_weight(self, linear: Linear, s: np.ndarray) -> np.ndarray:
-        return scale_along_axis(linear.weight, s, 0)
+        return scale_along_axis(linear.w, s, 0)
 
     def folded_bias(self, linear: Linear, s: np.ndarray, t: np.ndarray) -> np.ndarray:
-        b = 0.0 if linear.bias is None else np.asarray(linear.bias, dtype=np.float64).reshape(s.shape)
+        b = 0.0 if linear.bias is None else np.asarray(linear.b, dtype=np.float64).reshape(s.shape)
         return b * s + t
 
     def write(self, folded: FoldedLinear, graph: FoldGraph) -> gs.Node:
@@ -167,7 +197,7 @@ class ConvTransposeKind(ConvKind):
         return weight.shape[1] * self._group(node)
 
     def scale_weight(self, linear: Linear, s: np.ndarray) -> np.ndarray:
-        w = np.asarray(linear.weight, dtype=np.float64)
+        w = np.asarray(linear.w, dtype=np.float64)
         g = self._group(linear.node)
         if w.shape[0] % g:
             raise NoFold(f"{describe(linear.node)} weight has {w.shape[0]} input channels, not divisible by group {g}")
@@ -184,19 +214,20 @@ class GemmKind(LinearKind):
         if weight.ndim != 2:
             raise NoFold(f"{describe(node)} B has rank {weight.ndim}, expected 2")
         axis = 0 if int_attr(node, "transB", 0) else 1
-        return Linear(self, node, weight, bias, weight.shape[axis], 2, 1)
+        return with_precise(Linear(self, node, weight, bias, weight.shape[axis], 2, 1), graph,
+                            node.inputs[2] if bias is not None else None)
 
     def weight_axis(self, linear: Linear) -> int | None:
         return 0 if int_attr(linear.node, "transB", 0) else 1
 
     def scale_weight(self, linear: Linear, s: np.ndarray) -> np.ndarray:
-        return scale_along_axis(linear.weight, s, self.weight_axis(linear))
+        return scale_along_axis(linear.w, s, self.weight_axis(linear))
 
     def folded_bias(self, linear: Linear, s: np.ndarray, t: np.ndarray) -> np.ndarray:
         if linear.bias is None:
             return t.copy()
         beta = float_attr(linear.node, "beta", 1.0)
-        c = np.asarray(linear.bias, dtype=np.float64)
+        c = np.asarray(linear.b, dtype=np.float64)
         if c.ndim == 2 and c.shape[1] not in (1, s.size) or c.ndim > 2:
             raise NoFold(f"{describe(linear.node)} C has shape {list(c.shape)}, which does not broadcast to [M, {s.size}]")
         return s * (beta * c) + t  # broadcasting keeps [M, N] and turns scalar, [N], [1, N], [M, 1] into rows
@@ -222,34 +253,36 @@ class MatMulKind(LinearKind):
             raise NoFold(f"{describe(node)} weight has rank {weight.ndim}; only a 2-D weight [K, N] folds")
         a_rank = rank_of(node.inputs[0], graph)
         # [K] @ [K, N] is [N]: a 1-D activation gives a 1-D product; otherwise the rank of A.
-        return Linear(self, node, weight, None, weight.shape[1], a_rank, -1)
+        return with_precise(Linear(self, node, weight, None, weight.shape[1], a_rank, -1), graph)
 
     def weight_axis(self, linear: Linear) -> int | None:
         return 1
 
     def scale_weight(self, linear: Linear, s: np.ndarray) -> np.ndarray:
-        return scale_along_axis(linear.weight, s, 1)
+        return scale_along_axis(linear.w, s, 1)
 
     def folded_bias(self, linear: Linear, s: np.ndarray, t: np.ndarray) -> np.ndarray:
         if linear.bias is None:
             return t.copy()
-        return keep_bias_layout(matmul_bias_vector(linear.bias, linear.channels) * s + t, linear.bias)
+        return keep_bias_layout(matmul_bias_vector(linear.b, linear.channels) * s + t, linear.bias)
 
     def write(self, folded: FoldedLinear, graph: FoldGraph) -> gs.Node:
         linear, node = folded.linear, folded.linear.node
         label = _label(node)
-        graph.replace_input(node, 1, graph.replacement_constant(node.inputs[1], folded.weight, f"{label}.weight_folded"))
+        graph.replace_input(node, 1, graph.replacement_constant(node.inputs[1], folded.weight, f"{label}.weight_folded",
+                                                                folded.exact_weight))
         if folded.bias is None:
             return node
         add = linear.bias_node
         if add is not None:
             index = 0 if add.inputs[1] is node.outputs[0] else 1
-            graph.replace_input(add, index, graph.replacement_constant(add.inputs[index], folded.bias, f"{label}.bias_folded"))
+            graph.replace_input(add, index, graph.replacement_constant(add.inputs[index], folded.bias,
+                                                                       f"{label}.bias_folded", folded.exact_bias))
             return add
         y = node.outputs[0]
         product = gs.Variable(graph.fresh_name(f"{label}.product"), dtype=y.dtype)
         graph.replace_output(node, 0, product)
-        bias = graph.new_constant(f"{label}.bias_folded", folded.bias)
+        bias = graph.new_constant(f"{label}.bias_folded", folded.bias, folded.exact_bias)
         return graph.add_node("Add", [product, bias], [y], after=node, name=f"{label}.bias_add")
 
 
@@ -280,7 +313,9 @@ def with_bias_add(linear: Linear, graph: FoldGraph) -> Linear:
     """``linear`` (a MatMul read on its own) with its bias Add attached, when it has one."""
     add = matmul_bias_add(linear.node, graph)
     if add is not None:
-        attach_bias(linear, add, graph.constant(_other_input(add, linear.node.outputs[0])))
+        operand = _other_input(add, linear.node.outputs[0])
+        attach_bias(linear, add, graph.constant(operand))
+        linear.exact_bias = graph.precise(operand)
     return linear
 
 
@@ -407,7 +442,9 @@ def read_linear(site: LinearSite, graph: FoldGraph) -> Linear:
     if site.walked is not linear.node:  # MatMul → Add: the Add must add a constant, its bias
         add = site.walked
         try:
-            linear.bias = graph.constant(_other_input(add, linear.node.outputs[0]))
+            operand = _other_input(add, linear.node.outputs[0])
+            linear.bias = graph.constant(operand)
+            linear.exact_bias = graph.precise(operand)
         except NoFold as exc:
             raise NoFold(f"{describe(add)} after {describe(linear.node)} does not add a constant bias: {exc.reason}") from None
         attach_bias(linear, add, linear.bias)
@@ -451,10 +488,11 @@ def fold_affine(linear: Linear, s: np.ndarray, t: np.ndarray) -> FoldedLinear:
     """Fold ``y -> s * y + t`` (float64, per channel) into ``linear``: new weight and bias, cast and checked."""
     if s.size != linear.channels:
         raise NoFold(f"{s.size} scale values for the {linear.channels} output channels of {describe(linear.node)}")
-    weight = linear.kind.scaled_weight(linear, s, f"weight of {describe(linear.node)}")
+    weight, exact_weight = linear.kind.scaled_weight(linear, s, f"weight of {describe(linear.node)}")
     bias_dtype = linear.weight.dtype if linear.bias is None else linear.bias.dtype
-    bias = cast_checked(linear.kind.folded_bias(linear, s, t), bias_dtype, f"bias of {describe(linear.node)}")
-    return FoldedLinear(linear, weight, bias)
+    bias64 = linear.kind.folded_bias(linear, s, t)
+    bias = cast_checked(bias64, bias_dtype, f"bias of {describe(linear.node)}")
+    return FoldedLinear(linear, weight, bias, exact_weight, bias64 if narrow(bias_dtype) else None)
 
 
 def rewrite_affine(folded: FoldedLinear, affine_node: gs.Node, graph: FoldGraph) -> None:
