@@ -9,6 +9,7 @@ anchor nodes are revisited, so a round costs O(anchors), the pass O(nodes).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -39,7 +40,7 @@ def _try_rules(node, rules: Sequence[Rule], graph: FoldGraph, scope: str) -> Fol
                 best = refusal
             continue
         fold = rule.rewrite(plan, graph)
-        return Fold(fold.rule, fold.node, fold.op, fold.into, fold.into_op, scope)
+        return dataclasses.replace(fold, graph=scope)
     assert best is not None
     if best.stage == "match" and not any(rule.report_unmatched for rule in rules):
         return None

@@ -14,11 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import onnx
+
 from .errors import BnfoldError
 from .rules import Rule
 from .folding import FoldResult, fold
 from .inputs import check_input_bytes, resolve_shapes
 from .io import file_id, read_model, side_file, staged_output, write_model
+from .savings import Savings, measure
 from .validation import DEFAULT_TIMEOUT, ValidationOptions, ValidationResult, validate
 
 if TYPE_CHECKING:
@@ -42,6 +45,8 @@ class Report:
     bench_error: str | None = None
     #: Validation could not prove the fold and it was written all the same (``accept_unproven``).
     unproven_accepted: bool = False
+    #: What the folds saved per inference (``bnfold.savings``), measured on the shapes validation used.
+    savings: Savings | None = None
 
     @property
     def ok(self) -> bool:
@@ -67,6 +72,7 @@ class Report:
             "validation": None if self.validation is None else self.validation.to_dict(),
             "before": {**r.before.to_dict(), "file_bytes": self.input_bytes},
             "after": {**r.after.to_dict(), "file_bytes": self.output_bytes},
+            "savings": None if self.savings is None else self.savings.to_dict(),
             "seconds": self.timings,
             "bench": self.bench.to_dict() if self.bench is not None
             else {"error": self.bench_error} if self.bench_error else None,
@@ -144,6 +150,8 @@ def _optimize(src, dst, in_place, validate_output, validation: ValidationOptions
     if not dst.parent.is_dir():
         raise BnfoldError(f"{dst}: the output folder {dst.parent} does not exist")
     shapes = resolve_shapes(str(src), model, dict(validation.input_shapes))  # names, ranks, static dims
+    original = onnx.ModelProto()
+    original.CopyFrom(model)  # for what the folds saved; cheap: the weights of a lazy model stay on disk
     try:
         result = fold(model, rules, in_place=True, base_dir=src.parent)
     except UnicodeDecodeError:
@@ -166,6 +174,9 @@ def _optimize(src, dst, in_place, validate_output, validation: ValidationOptions
                 report.timings = timings
                 raise _ValidationFailed(report)
             report.unproven_accepted = not report.validation.passed
+        if result.changed:
+            report.savings = measure(original, result.model, result.folds,
+                                     _measured_shapes(report.validation, dict(validation.input_shapes)))
         if bench is not None:
             start = time.perf_counter()
             _bench(report, src, tmp, dict(validation.input_shapes), validation.seed, bench)
@@ -186,6 +197,14 @@ def _bench(report: Report, src: Path, staged: Path, input_shapes, seed: int, opt
             seed=seed, options=options, original_label=str(src), folded_label=report.output, checked=True)
     except BnfoldError as exc:
         report.bench_error = str(exc)
+
+
+def _measured_shapes(validation: ValidationResult | None, declared: dict[str, list[int]]) -> dict[str, list[int]]:
+    """The input shapes savings are measured with: validation's first set's, else the given
+    --input-shape ones (the declared shapes for the rest: a symbolic dimension makes it unknown)."""
+    if validation is not None and validation.sets:
+        return dict(validation.sets[0]["inputs"])
+    return declared
 
 
 def check_not_read(src: Path, data_files: Sequence[Path], dst: Path) -> None:

@@ -44,6 +44,27 @@ def _rows(console: Console, title: str, columns: tuple[str, ...], rows: list[tup
     console.file.write("".join(f"  {' | '.join(row)}\n" for row in rows))
 
 
+def _count(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return f"{n:.0f}"
+
+
+def _saving(s) -> str:
+    if s is None or s.macs is None:
+        return "unknown (no static shape)"
+    return f"{_count(s.macs)} MAC, {_size(s.activation_bytes)}"
+
+
+def _total(savings, result) -> str:
+    shapes = ", ".join(f"{k}={'x'.join(map(str, v))}" for k, v in savings.shapes.items()) or "declared shapes"
+    unknown = f" (and {savings.unknown} fold{'s' if savings.unknown != 1 else ''} unknown)" if savings.unknown else ""
+    return (f"Saved per inference ({safe(shapes)}): {_count(savings.macs)} multiply-adds and "
+            f"{_size(savings.activation_bytes)} of activation traffic{unknown}; parameters "
+            f"{_size(result.before.parameter_bytes)} → {_size(result.after.parameter_bytes)}")
+
+
 def _eps(value: float) -> str:
     return "-" if value != value else f"{value:.2g}"
 
@@ -97,8 +118,12 @@ def render(report: Report, console: Console) -> None:
     console.print(f"[bold]bnfold optimize[/] {safe(report.input)} → {target}")
 
     if r.folds:
-        _rows(console, f"Folded ({len(r.folds)})", ("node", "into", "rule", "graph"),
-              [tuple(map(safe, (f"{f.op} '{f.node}'", f"{f.into_op} '{f.into}'", f.rule, f.graph))) for f in r.folds])
+        saved = report.savings.folds if report.savings is not None else [None] * len(r.folds)
+        _rows(console, f"Folded ({len(r.folds)})", ("node", "into", "rule", "graph", "saves per inference"),
+              [(*map(safe, (f"{f.op} '{f.node}'", f"{f.into_op} '{f.into}'", f.rule, f.graph)), _saving(s))
+               for f, s in zip(r.folds, saved)])
+        if report.savings is not None:
+            console.print(_total(report.savings, r))
     else:
         console.print("Folded: nothing")
 

@@ -19,7 +19,7 @@ from click.testing import CliRunner, Result
 from bnfold.cli import cli
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
-REPORT_KEYS = {"input", "output", "written", "ok", "verdict", "unproven_accepted", "folds", "refusals", "validation", "before", "after", "seconds",
+REPORT_KEYS = {"input", "output", "written", "ok", "verdict", "unproven_accepted", "folds", "refusals", "validation", "before", "after", "seconds", "savings",
                "bench"}
 SUMMARY_KEYS = {"files", "written", "validation_failed", "unproven", "unusable", "rolled_back", "not_started", "folds", "refusals",
                 "interrupted"}

@@ -27,7 +27,7 @@ from bnfold.cli import cli
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 SAMPLES = ["resnet_stack.onnx", "depthwise_block.onnx", "conv1d_bn.onnx"]
-JSON_KEYS = {"input", "output", "written", "ok", "verdict", "unproven_accepted", "folds", "refusals", "validation", "before", "after", "seconds",
+JSON_KEYS = {"input", "output", "written", "ok", "verdict", "unproven_accepted", "folds", "refusals", "validation", "before", "after", "seconds", "savings",
              "bench"}
 VALIDATION_KEYS = {"verdict", "passed", "outputs", "backend", "inputs", "sets", "shapes_chosen", "reference", "seed",
                    "reason", "error"}
@@ -83,6 +83,14 @@ def parameter_count(model: onnx.ModelProto) -> int:
         a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"
     ]
     return sum(int(np.prod(t.dims, dtype=np.int64)) for t in tensors)
+
+
+def parameter_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of the same tensors' values."""
+    tensors = list(model.graph.initializer) + [
+        a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"
+    ]
+    return sum(numpy_helper.to_array(t).nbytes for t in tensors)
 
 
 def table_row(text: str, first_cell: str) -> list[str]:
@@ -164,9 +172,9 @@ def test_sample_model_json_report(sample, tmp_path):
     onnx.checker.check_model(folded, full_check=True)
     assert bn_nodes(folded) == []
     assert doc["before"] == {"nodes": len(original.graph.node), "parameters": parameter_count(original),
-                             "file_bytes": src.stat().st_size}
+                             "parameter_bytes": parameter_bytes(original), "file_bytes": src.stat().st_size}
     assert doc["after"] == {"nodes": len(folded.graph.node), "parameters": parameter_count(folded),
-                            "file_bytes": dst.stat().st_size}
+                            "parameter_bytes": parameter_bytes(folded), "file_bytes": dst.stat().st_size}
     assert doc["after"]["nodes"] == doc["before"]["nodes"] - len(bns)
 
     v = doc["validation"]
@@ -465,4 +473,4 @@ def test_long_fold_lists_print_as_lines_not_a_table(tmp_path):
     assert result.exit_code == 0, result.output
     assert f"Folded ({n}), one per line" in result.stdout
     lines = [line for line in result.stdout.splitlines() if line.startswith("  BatchNormalization '")]
-    assert len(lines) == n and lines[0] == "  BatchNormalization 'bn0' | Conv 'conv0' | conv-bn | main"
+    assert len(lines) == n and lines[0] == "  BatchNormalization 'bn0' | Conv 'conv0' | conv-bn | main | 8 MAC, 64 B"

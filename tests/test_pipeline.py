@@ -56,6 +56,8 @@ def test_optimize_writes_a_validated_fold(src, tmp_path, as_str):
     assert doc["validation"] == report.validation.to_dict()
     assert doc["before"]["nodes"] == len(onnx.load(src).graph.node)
     assert doc["after"] == {"nodes": len(onnx.load(dst).graph.node), "parameters": report.result.after.parameters,
+                            "parameter_bytes": sum(onnx.numpy_helper.to_array(t).nbytes
+                                                   for t in onnx.load(dst).graph.initializer),
                             "file_bytes": dst.stat().st_size}
 
 

@@ -223,5 +223,6 @@ class AffineAfterLinearRule(Rule):
             # scale only, into an op without bias: add no zero bias (for MatMul that would be a
             # new Add node in place of the removed Mul)
             folded = dataclasses.replace(folded, bias=None)
-        rewrite_affine(folded, node, graph)
-        return Fold(self.name, node.name, node.op, linear.node.name, linear.node.op)
+        y = node.outputs[0].name
+        added = rewrite_affine(folded, node, graph)
+        return Fold(self.name, node.name, node.op, linear.node.name, linear.node.op, output=y, added=added)

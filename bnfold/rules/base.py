@@ -11,7 +11,7 @@ A rule has three parts, each a method:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
 import onnx_graphsurgeon as gs
@@ -21,7 +21,12 @@ from ..graph import FoldGraph
 
 @dataclass(frozen=True)
 class Fold:
-    """One applied rewrite: ``node`` (e.g. a BatchNormalization) was folded into ``into``."""
+    """One applied rewrite: ``node`` (e.g. a BatchNormalization) was folded into ``into``.
+
+    For what the fold saves (``bnfold.savings``): ``output`` names a tensor of the folded model
+    with the shape of the removed node's output, and ``added`` the outputs of elementwise nodes the
+    fold added (a MatMul's new bias Add), one op per element each. Not part of the report's identity.
+    """
 
     rule: str
     node: str
@@ -29,9 +34,11 @@ class Fold:
     into: str
     into_op: str
     graph: str = "main"
+    output: str = field(default="", compare=False)
+    added: tuple[str, ...] = field(default=(), compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k not in ("output", "added")}
 
 
 @dataclass(frozen=True)

@@ -285,10 +285,15 @@ class BatchNormLinearRule(Rule):
         bn = plan.bn
         x = bn.inputs[0]
         names = [_label(f.linear.node) for f in plan.folded]  # before MatMul outputs are renamed
+        added = []
         for folded in plan.folded:
-            folded.linear.kind.write(folded, graph)
-            graph.replace_input(folded.linear.node, 0, x)
+            linear = folded.linear
+            y = linear.node.outputs[0].name
+            tail = linear.kind.write(folded, graph)
+            if tail is not linear.node and tail is not linear.bias_node:
+                added.append(y)  # a new bias Add produces the MatMul's old output
+            graph.replace_input(linear.node, 0, x)
         if not graph.is_removed(bn):  # replacing its last reader already released it
             graph.remove_node(bn)
         ops = ",".join(f.linear.node.op for f in plan.folded)
-        return Fold(self.name, bn.name, bn.op, ",".join(names), ops)
+        return Fold(self.name, bn.name, bn.op, ",".join(names), ops, output=x.name, added=tuple(added))

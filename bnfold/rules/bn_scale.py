@@ -179,7 +179,7 @@ class BatchNormScaleRule(Rule):
         node.outputs.clear()
         graph.replace_output(bn, 0, z)  # z keeps its name, dtype and shape
         graph.remove_node(node)
-        return Fold(self.name, node.name, node.op, bn.name, bn.op)
+        return Fold(self.name, node.name, node.op, bn.name, bn.op, output=z.name)
 
 
 def _parameter_dtype(bn: gs.Node, stored: np.dtype, data: np.dtype, graph: FoldGraph) -> np.dtype:

@@ -64,5 +64,6 @@ class LinearBatchNormRule(Rule):
 
     def rewrite(self, plan: LinearBNPlan, graph: FoldGraph) -> Fold:
         bn, node = plan.bn, plan.folded.linear.node
-        rewrite_affine(plan.folded, bn, graph)
-        return Fold(self.name, bn.name, bn.op, node.name, node.op)
+        y = bn.outputs[0].name
+        added = rewrite_affine(plan.folded, bn, graph)
+        return Fold(self.name, bn.name, bn.op, node.name, node.op, output=y, added=added)
