@@ -132,7 +132,7 @@ def collect_jobs(paths, output_dir: str | os.PathLike | None = None, *, in_place
     """One Job per input file named by ``paths`` (files, folders, globs), in order, each file once.
 
     A job whose result's name (or its side file's, when it gets one: ``external_data``, or an
-    input with external data) is longer than the file system allows is an error (``staging.check_names``).
+    input with external data) is longer than the file system allows is an error (``io.check_names``).
     """
     out_root = Path(output_dir) if output_dir is not None else None
     out_real = os.path.realpath(out_root) if out_root is not None else None
@@ -166,9 +166,11 @@ def collect_jobs(paths, output_dir: str | os.PathLike | None = None, *, in_place
 
 
 def _check_names(job: Job, in_place: bool, external_data: bool) -> Job:
+    from .io import check_names
+
     if job.error is None:
         try:
-            staging.check_names(job.input, destination(job, in_place), external_data)
+            check_names(job.input, destination(job, in_place), external_data)
         except BnfoldError as exc:
             return Job(job.input, error=str(exc))
     return job

@@ -154,9 +154,10 @@ def check_file(
 
 def _fix(item: FileCheck, rules: Sequence[Rule] | None, validation: ValidationOptions) -> None:
     """Exactly what ``bnfold optimize --in-place`` does, with the chosen rules."""
+    from .io import check_names
     from .pipeline import optimize
 
-    staging.check_names(item.path, os.path.realpath(item.path))
+    check_names(item.path, os.path.realpath(item.path))
     report = optimize(item.path, in_place=True, rules=rules, validation=validation)
     item.findings, item.refusals = list(report.result.folds), list(report.result.refusals)
     if report.ok and report.written:

@@ -249,9 +249,10 @@ def optimize(models, output, in_place, validate, input_shapes, seed, validation,
                                      provider=provider).checked()
     from . import staging
     from .batch import Job, destination
+    from .io import check_names
 
     dest = destination(Job(model, output), in_place)
-    staging.check_names(model, dest, external_data)  # names that cannot exist: before any work
+    check_names(model, dest, external_data)  # names that cannot exist: before any work
     mark = staging.commit_count()
     try:
         with _bench_progress(runs) if bench else contextlib.nullcontext(None) as on_progress:

@@ -22,7 +22,7 @@ from onnx import numpy_helper
 from . import wire
 from .scan import is_regular, kind_of
 from .errors import BnfoldError
-from .staging import _mode_for, staged_output  # noqa: F401  (they live in bnfold.staging)
+from .staging import check_fits
 
 #: Files larger than this are checked by the ONNX checker before they are read (see read_model).
 CHECK_FIRST_BYTES = 64 << 20
@@ -464,3 +464,21 @@ class _Scratch:
         if len(self._buffer) < size:
             self._buffer = bytearray(size)
         return memoryview(self._buffer)
+
+
+def check_names(src: str | os.PathLike, dest: str | os.PathLike, external_data: bool = False) -> None:
+    """``check_fits`` for folding ``src`` into ``dest``: the side file counts when the output gets
+    one (``external_data``, or the input has external data; read only when it matters)."""
+    check_fits(dest)
+    try:
+        check_fits(dest, side_file=True)
+    except BnfoldError:
+        if external_data or _has_external_data(src):
+            raise
+
+
+def _has_external_data(src) -> bool:
+    try:
+        return bool(read_model(src, check=False, lazy=True)[1])
+    except BnfoldError:
+        return False  # unusable: the fold itself says why

@@ -20,7 +20,8 @@ from .errors import BnfoldError
 from .rules import Rule
 from .folding import FoldResult, fold
 from .inputs import check_input_bytes, resolve_shapes
-from .io import file_id, read_model, side_file, staged_output, write_model
+from .io import file_id, read_model, side_file, write_model
+from .staging import staged_output
 from .savings import Savings, measure
 from .validation import DEFAULT_TIMEOUT, ValidationOptions, ValidationResult, validate
 

@@ -6,23 +6,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .pipeline import Report
-from .text import markup_safe as safe
-
-
-def _size(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
-def _change(before: int, after: int | None) -> str:
-    if after is None or before == 0:
-        return ""
-    return f"{(after - before) / before:+.1%}"
+from .text import change as _change, markup_safe as safe, size as _size
 
 
 #: Above this many rows a list is printed as plain lines: a rich table lays out every row first,

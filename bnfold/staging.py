@@ -164,26 +164,6 @@ def check_fits(dest: str | os.PathLike, *, side_file: bool = False) -> None:
                           f"{limit - len(SIDE_SUFFIX)} bytes")
 
 
-def check_names(src: str | os.PathLike, dest: str | os.PathLike, external_data: bool = False) -> None:
-    """``check_fits`` for folding ``src`` into ``dest``: the side file counts when the output gets
-    one (``external_data``, or the input has external data; read only when it matters)."""
-    check_fits(dest)
-    try:
-        check_fits(dest, side_file=True)
-    except BnfoldError:
-        if external_data or _has_external_data(src):
-            raise
-
-
-def _has_external_data(src) -> bool:
-    from .io import read_model
-
-    try:
-        return bool(read_model(src, check=False, lazy=True)[1])
-    except BnfoldError:
-        return False  # unusable: the fold itself says why
-
-
 # -- stale staging folders --------------------------------------------------------------------
 
 

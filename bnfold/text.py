@@ -1,4 +1,4 @@
-"""Names and paths from a model or the file system, made safe to print.
+"""Text for people: names and paths made safe to print, sizes and changes in words.
 
 Node names, tensor names and file names are the model author's text: a newline in a node name
 would forge an extra finding line in ``bnfold check``'s output (for a file that does not exist),
@@ -31,3 +31,21 @@ def markup_safe(text: str) -> str:
     from rich.markup import escape
 
     return escape(printable(text))
+
+
+def size(n: int | None) -> str:
+    """Bytes in binary units (``"-"`` for None)."""
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def change(before: int, after: int | None) -> str:
+    """The relative change, signed (``""`` when it is not defined)."""
+    if after is None or before == 0:
+        return ""
+    return f"{(after - before) / before:+.1%}"

@@ -8,9 +8,8 @@ from collections.abc import Iterator
 from rich.console import Console
 from rich.table import Table
 
-from ..report import _change, _size
 from .runner import SETTINGS, BenchResult, ProgressCallback
-from ..text import markup_safe as safe
+from ..text import change as _change, markup_safe as safe, size as _size
 from .stats import FASTER, NO_DIFFERENCE, Speedup
 
 
