@@ -13,6 +13,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
+from . import constant_ops
 from .attributes import has_reference
 from .errors import NoFold
 
@@ -142,6 +143,10 @@ def evaluate_node(node: gs.Node, inputs: list[np.ndarray | None], opset: int) ->
             raise NoFold(f"ConstantOfShape '{node.name}' would be too large to evaluate")
         fill = _attr_value(node.attrs["value"]) if "value" in node.attrs else np.zeros(1, np.float32)
         return [np.full(shape, fill.ravel()[0], dtype=fill.dtype)]
+    if node.op in constant_ops.OPS and len(node.outputs) == 1:
+        value = constant_ops.evaluate(node.op, inputs, node.attrs, opset)
+        if value is not None:
+            return [value]
     from onnx.reference import ReferenceEvaluator
 
     names = [f"i{k}" if value is not None else "" for k, value in enumerate(inputs)]
