@@ -179,6 +179,23 @@ def _bench_progress(runs: int):
     return progress_bar(Console(stderr=True), runs)
 
 
+def _format_options(formats: dict[str, str]):
+    """--format (``formats``: name -> what it prints) and --json, its alias for --format json, gathered
+    into one ``fmt`` parameter (default text); a usage error (exit 2) when the two disagree."""
+    def decorate(command):
+        @functools.wraps(command)
+        def gather(*args, fmt=None, as_json=False, **kwargs):
+            if as_json and fmt not in (None, "json"):
+                raise click.UsageError(f"--json and --format {fmt} disagree; give one of them")
+            return command(*args, fmt="json" if as_json else fmt or "text", **kwargs)
+
+        gather = click.option("--json", "as_json", is_flag=True, help="Same as --format json.")(gather)
+        return click.option("--format", "fmt", type=click.Choice(list(formats)), default=None,
+                            help="; ".join(f"{k}: {v}" for k, v in formats.items()) + " (default: text).")(gather)
+
+    return decorate
+
+
 @click.group(cls=_BnfoldGroup)
 @click.version_option(package_name="bnfold")
 def cli() -> None:
@@ -203,10 +220,12 @@ def cli() -> None:
 @click.option("--bench", "bench", is_flag=True,
               help="Also measure the latency of MODEL against the result (as bnfold bench does) and add it to the report.")
 @_bench_options
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+@_format_options({"text": "tables for a terminal", "json": "one JSON document",
+                   "markdown": "GitHub-flavoured markdown for a PR comment or $GITHUB_STEP_SUMMARY",
+                   "github": "a GitHub Actions annotation per file"})
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def optimize(models, output, in_place, validate, input_shapes, seed, validation, external_data, jobs,
-             bench, runs, time_budget, warmup, threads, provider, as_json, debug) -> int:
+             bench, runs, time_budget, warmup, threads, provider, fmt, debug) -> int:
     """Fold each MODEL and write the result, validated, atomically.
 
     MODEL is a model file, a folder (searched recursively for *.onnx, skipping *.folded.onnx) or a
@@ -237,7 +256,7 @@ def optimize(models, output, in_place, validate, input_shapes, seed, validation,
     if is_batch(models):
         if bench:
             raise BnfoldError("--bench measures one model at a time; give a single MODEL file")
-        return _optimize_batch(models, output, in_place, validate, validation, external_data, jobs, as_json, debug)
+        return _optimize_batch(models, output, in_place, validate, validation, external_data, jobs, fmt, debug)
     [model] = models
     if output is not None and os.path.isdir(output):  # an existing folder: the result keeps the file's name
         output = os.path.join(output, os.path.basename(model))
@@ -269,8 +288,12 @@ def optimize(models, output, in_place, validate, input_shapes, seed, validation,
         raise
     except Exception as exc:  # name the file in the one-line error
         raise _InternalError(model, exc) from exc
-    if as_json:
+    if fmt == "json":
         click.echo(jsonout.dumps(report.to_dict()))
+    elif fmt in ("markdown", "github"):
+        from . import formats
+
+        click.echo((formats.optimize_markdown if fmt == "markdown" else formats.optimize_github)(report), nl=False)
     else:
         from rich.console import Console
 
@@ -295,7 +318,7 @@ def optimize(models, output, in_place, validate, input_shapes, seed, validation,
     return EXIT_OK
 
 
-def _optimize_batch(models, output, in_place, validate, validation, external_data, jobs, as_json, debug) -> int:
+def _optimize_batch(models, output, in_place, validate, validation, external_data, jobs, fmt, debug) -> int:
     """``bnfold optimize`` on several files: see ``bnfold.batch``."""
     from rich.console import Console
 
@@ -330,8 +353,13 @@ def _optimize_batch(models, output, in_place, validate, validation, external_dat
             progress.stop()
     else:
         outcomes, interrupted = batch.run_jobs(todo, options, workers=jobs, debug=debug)
-    if as_json:
+    if fmt == "json":
         click.echo(jsonout.dumps(batch.to_json(outcomes, interrupted)))
+    elif fmt in ("markdown", "github"):
+        from . import formats
+
+        click.echo((formats.batch_markdown if fmt == "markdown" else formats.batch_github)(outcomes, interrupted),
+                   nl=False)
     else:
         batch.render_summary(outcomes, Console(highlight=False, soft_wrap=False), interrupted)
     for outcome in outcomes:
@@ -347,8 +375,9 @@ def _optimize_batch(models, output, in_place, validate, validation, external_dat
 @cli.command()
 @click.argument("paths", nargs=-1, required=True, metavar="PATH...")
 @click.option("--fix", is_flag=True, help="Fold in place, validated, atomically (a file whose fold does not validate is left untouched).")
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "github"]), default="text", show_default=True,
-              help="One line per finding, one JSON document, or GitHub Actions annotations.")
+@_format_options({"text": "one line per finding", "json": "one JSON document",
+                   "markdown": "GitHub-flavoured markdown tables for a PR comment or $GITHUB_STEP_SUMMARY",
+                   "github": "GitHub Actions annotations"})
 @click.option("-v", "--verbose", is_flag=True, help="Also list every node left in place and why.")
 @click.option("--disable", "disable", multiple=True, metavar="RULE",
               help="Do not run this rule (repeatable; adds to [tool.bnfold] disable).")
@@ -388,7 +417,11 @@ def check(paths, fix, fmt, verbose, disable, ignore, validation, debug) -> int:
     globs = [(settings.root, g) for g in settings.ignore] + [(Path.cwd(), g) for g in ignore]
     validation = _validation(validation, {}, 0, settings)
     checks, interrupted = run_check(paths, fix=fix, rules=rules, ignore=globs, validation=validation)
-    out, err = render(checks, fmt, verbose=verbose, interrupted=interrupted)
+    out, err = render(checks, "text" if fmt == "markdown" else fmt, verbose=verbose, interrupted=interrupted)
+    if fmt == "markdown":
+        from .formats import check_markdown
+
+        out = [check_markdown(checks, verbose=verbose, interrupted=interrupted).rstrip("\n")]
     for line in out:
         click.echo(line)
     for line in err:

@@ -6,7 +6,7 @@ position, so a link loop (``a/loop -> ..``) ends instead of running for ever, an
 enter a staging folder (``staging.is_staging``). Glob patterns keep the shell's rules: ``*``,
 ``?`` and ``[...]`` stay within one path component, ``**`` as a whole component crosses any
 number of folders, and names starting with a dot match only a pattern component that starts
-with a dot.
+with a dot; a folder search skips them (a ``.venv`` holds onnx's own test models).
 """
 
 from __future__ import annotations
@@ -57,7 +57,8 @@ def _entries(folder: str) -> list[os.DirEntry]:
 
 
 def models_in(folder: str, suffix: str = ".onnx") -> list[str]:
-    """Every regular file named ``*suffix`` below ``folder``, sorted, staging folders skipped."""
+    """Every regular file named ``*suffix`` below ``folder``, sorted; names starting with a dot
+    (``.git``, ``.venv``, ``.hidden.onnx``) and staging folders are skipped, as in a glob."""
     found: list[str] = []
     seen: set[tuple[int, int]] = set()
     stack = [folder]
@@ -69,7 +70,7 @@ def models_in(folder: str, suffix: str = ".onnx") -> list[str]:
         seen.add(key)
         for entry in _entries(current):
             path = os.path.join(current, entry.name)
-            if is_staging(entry.name):
+            if entry.name.startswith(".") or is_staging(entry.name):
                 continue
             if _folder_key(path) is not None:
                 stack.append(path)

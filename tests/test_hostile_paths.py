@@ -88,6 +88,18 @@ def test_hidden_names_match_only_a_pattern_that_starts_with_a_dot(tmp_path):
     assert bnfold("check", f"{tmp_path}/**/*.onnx").returncode == 2
     found = bnfold("check", f"{tmp_path}/.*.onnx")
     assert found.stdout.splitlines() == [f"{tmp_path / '.hidden.onnx'}: {FINDING}"]
+    assert bnfold("check", f"{tmp_path}/.dir").stdout.splitlines() == [f"{tmp_path / '.dir' / 'm.onnx'}: {FINDING}"]
+
+
+def test_a_folder_search_skips_hidden_names(tmp_path):
+    """``bnfold check .`` in a repository must not walk into .venv (onnx's test models) or .git."""
+    onnx.save(builders.conv_bn_model(), tmp_path / "m.onnx")
+    for hidden in (".venv/lib", ".git"):
+        (tmp_path / hidden).mkdir(parents=True)
+        onnx.save(builders.conv_bn_model(), tmp_path / hidden / "x.onnx")
+    onnx.save(builders.conv_bn_model(), tmp_path / ".hidden.onnx")
+    result = bnfold("check", str(tmp_path))
+    assert result.stdout.splitlines() == [f"{tmp_path / 'm.onnx'}: {FINDING}"]
 
 
 def endless_model() -> onnx.ModelProto:
