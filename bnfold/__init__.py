@@ -13,7 +13,19 @@ Names are imported lazily so that ``bnfold --help`` does not pay for onnx and nu
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:  # what type checkers see; at run time each name is imported when first used
+    from .errors import BnfoldError
+    from .folding import FoldResult, fold
+    from .io import load_model
+    from .latency.runner import BenchOptions, BenchResult, bench
+    from .options import OptimizeOptions
+    from .pipeline import Report, optimize
+    from .rules.base import Fold, Refusal
+    from .validation import OutputComparison, ValidationOptions, ValidationResult, validate
 
 _EXPORTS = {
     "fold": "bnfold.folding",
@@ -27,6 +39,8 @@ _EXPORTS = {
     "load_model": "bnfold.io",
     "optimize": "bnfold.pipeline",
     "Report": "bnfold.pipeline",
+    "OptimizeOptions": "bnfold.options",
+    "ValidationOptions": "bnfold.validation",
     "bench": "bnfold.latency.runner",
     "BenchOptions": "bnfold.latency.runner",
     "BenchResult": "bnfold.latency.runner",

@@ -35,14 +35,15 @@ from __future__ import annotations
 import glob
 import os
 import traceback
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import signals, staging
 from .check import collect
 from .errors import EXIT_FAILED, EXIT_OK, EXIT_UNPROVEN, EXIT_USAGE, BnfoldError
-from .validation import ValidationOptions, failure_reason
+from .options import OptimizeOptions
+from .validation import failure_reason
 
 FOLDED_SUFFIX = ".folded.onnx"
 
@@ -67,14 +68,8 @@ class Job:
     error: str | None = None
 
 
-@dataclass(frozen=True)
-class Options:
-    """The ``pipeline.optimize`` keywords, the same for every file of a batch."""
-
-    in_place: bool = False
-    validate_output: bool = True
-    validation: ValidationOptions = field(default_factory=ValidationOptions)
-    external_data: bool = False
+#: The options of every file of a batch: ``bnfold.options.OptimizeOptions`` (without ``bench``).
+Options = OptimizeOptions
 
 
 @dataclass
@@ -128,8 +123,9 @@ def is_batch(paths: list[str] | tuple[str, ...]) -> bool:
 
 
 def collect_jobs(paths, output_dir: str | os.PathLike | None = None, *, in_place: bool = False,
-                 external_data: bool = False) -> list[Job]:
-    """One Job per input file named by ``paths`` (files, folders, globs), in order, each file once.
+                 external_data: bool = False, ignore: Sequence[tuple[Path, str]] = ()) -> list[Job]:
+    """One Job per input file named by ``paths`` (files, folders, globs), in order, each file once;
+    files matching ``ignore`` (``check.collect``) are left out.
 
     A job whose result's name (or its side file's, when it gets one: ``external_data``, or an
     input with external data) is longer than the file system allows is an error (``io.check_names``).
@@ -141,7 +137,7 @@ def collect_jobs(paths, output_dir: str | os.PathLike | None = None, *, in_place
     for arg in paths:
         searched = not os.path.isfile(arg)  # a folder or a glob: its files were found, not named
         base = arg if os.path.isdir(arg) else _glob_base(arg)
-        found = collect([arg])
+        found = collect([arg], ignore)
         kept = 0  # files of this PATH left after skipping earlier results (duplicates count)
         for item in found:
             if item.error:
@@ -289,8 +285,7 @@ def _fold(job: Job, options: Options, debug: bool) -> Outcome:
     from .pipeline import optimize
 
     try:
-        report = optimize(job.input, job.output, in_place=options.in_place, validate_output=options.validate_output,
-                          validation=options.validation, external_data=options.external_data)
+        report = optimize(job.input, job.output, options=options)
     except BnfoldError as exc:
         return Outcome(job.input, error=str(exc), traceback=traceback.format_exc() if debug else None)
     except Exception as exc:  # a model shape nobody foresaw: one line naming the file, go on

@@ -155,10 +155,12 @@ def check_file(
 def _fix(item: FileCheck, rules: Sequence[Rule] | None, validation: ValidationOptions) -> None:
     """Exactly what ``bnfold optimize --in-place`` does, with the chosen rules."""
     from .io import check_names
+    from .options import OptimizeOptions
     from .pipeline import optimize
 
     check_names(item.path, os.path.realpath(item.path))
-    report = optimize(item.path, in_place=True, rules=rules, validation=validation)
+    options = OptimizeOptions(in_place=True, validation=validation, rules=None if rules is None else tuple(rules))
+    report = optimize(item.path, options=options)
     item.findings, item.refusals = list(report.result.folds), list(report.result.refusals)
     if report.ok and report.written:
         item.fixed = True

@@ -37,16 +37,18 @@ class _BnfoldGroup(click.Group):
     128 + the signal's number.
     """
 
+    #: Set by ``--debug`` (on the group or a command, see ``_debug_option``) while the arguments are parsed.
+    debug = False
+
     def main(self, args=None, prog_name=None, **extra):
         args = list(sys.argv[1:] if args is None else args)
-        options = args[:args.index("--")] if "--" in args else args  # after --, "--debug" is a file name
-        debug = "--debug" in options
         extra.pop("standalone_mode", None)
+        self.debug = False
         with signals.raising():
-            code = self._run(args, prog_name, debug, extra)
+            code = self._run(args, prog_name, extra)
         sys.exit(code or 0)
 
-    def _run(self, args, prog_name, debug: bool, extra: dict) -> int:
+    def _run(self, args, prog_name, extra: dict) -> int:
         from .errors import BnfoldError
 
         try:
@@ -64,17 +66,57 @@ class _BnfoldGroup(click.Group):
             _fail("aborted")
             code = EXIT_USAGE
         except BnfoldError as exc:
-            if debug:
+            if self.debug:
                 traceback.print_exc()
             _fail(str(exc))
             code = EXIT_USAGE
         except Exception as exc:  # a bug or a model shape we did not foresee: still one line
-            if debug:
+            if self.debug:
                 traceback.print_exc()
             detail = str(exc) if isinstance(exc, _InternalError) else f"{type(exc).__name__}: {exc}"
             _fail(f"internal error: {detail} (run with --debug for the traceback)")
             code = EXIT_USAGE
         return code
+
+
+def _debug_option(expose: bool = True):
+    """--debug: tracebacks for errors, given to the group (``bnfold --debug CMD``) or to a command
+    (``bnfold CMD --debug``); a command receives it as ``debug`` (``expose``)."""
+    def remember(ctx: click.Context, param, value: bool) -> bool:
+        root = ctx.find_root().command
+        if value and isinstance(root, _BnfoldGroup):
+            root.debug = True
+        return bool(value) or bool(getattr(root, "debug", False))
+
+    return click.option("--debug", is_flag=True, is_eager=True, expose_value=expose, callback=remember,
+                        help="Show tracebacks.")
+
+
+def _rule_options(command):
+    """--disable and --ignore, adding to ``[tool.bnfold]``'s ``disable`` and ``ignore``."""
+    command = click.option("--ignore", "ignore", multiple=True, metavar="GLOB",
+                           help="Skip paths matching this glob, relative to the current folder (repeatable; adds to "
+                                "[tool.bnfold] ignore).")(command)
+    return click.option("--disable", "disable", multiple=True, metavar="RULE",
+                        help="Do not run this rule (repeatable; adds to [tool.bnfold] disable).")(command)
+
+
+def _settings(disable, ignore):
+    """(settings, rules or None, ignore globs) from ``[tool.bnfold]`` and the flags; a warning if unreadable."""
+    from pathlib import Path
+
+    from .config import check_globs, check_rule_names, load_settings
+    from .rules import DEFAULT_RULES
+
+    settings = load_settings(Path.cwd())
+    if settings.warning:
+        click.echo(f"bnfold: warning: {settings.warning}", err=True)
+    check_rule_names(disable, "--disable")
+    check_globs(ignore, "--ignore")
+    disabled = {*settings.disable, *disable}
+    rules = tuple(r for r in DEFAULT_RULES if r.name not in disabled) if disabled else None
+    globs = [(settings.root, g) for g in settings.ignore] + [(Path.cwd(), g) for g in ignore]
+    return settings, rules, globs
 
 
 def _input_options(command):
@@ -198,6 +240,7 @@ def _format_options(formats: dict[str, str]):
 
 @click.group(cls=_BnfoldGroup)
 @click.version_option(package_name="bnfold")
+@_debug_option(expose=False)
 def cli() -> None:
     """Fold BatchNormalization into the linear op next to it, prove nothing changed, report."""
 
@@ -223,13 +266,14 @@ def cli() -> None:
 @_format_options({"text": "tables for a terminal", "json": "one JSON document",
                    "markdown": "GitHub-flavoured markdown for a PR comment or $GITHUB_STEP_SUMMARY",
                    "github": "a GitHub Actions annotation per file"})
-@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@_rule_options
+@_debug_option()
 def optimize(models, output, in_place, validate, input_shapes, seed, validation, external_data, jobs,
-             bench, runs, time_budget, warmup, threads, provider, fmt, debug) -> int:
+             bench, runs, time_budget, warmup, threads, provider, fmt, disable, ignore, debug) -> int:
     """Fold each MODEL and write the result, validated, atomically.
 
     MODEL is a model file, a folder (searched recursively for *.onnx, skipping *.folded.onnx) or a
-    glob pattern. With several, every file is folded whatever happens to the others; a summary
+    glob pattern. Settings come from [tool.bnfold] in the nearest pyproject.toml, as for check. With several, every file is folded whatever happens to the others; a summary
     table (or with --json {"files": [...], "summary": {...}}) follows. Exit codes: 0 success;
     1 a validation failed (nothing written for that file); 2 a file was unusable; 3 a validation
     could not prove the fold (nothing written, unless --accept-unproven); 128 + the
@@ -244,6 +288,7 @@ def optimize(models, output, in_place, validate, input_shapes, seed, validation,
     """
     from .batch import is_batch
     from .errors import BnfoldError
+    from .options import OptimizeOptions
     from .pipeline import optimize as run_optimize
     from .validation import parse_input_shapes
 
@@ -252,20 +297,23 @@ def optimize(models, output, in_place, validate, input_shapes, seed, validation,
         shapes = parse_input_shapes(input_shapes)
     except ValueError as exc:
         raise BnfoldError(str(exc)) from None
-    validation = _validation(validation, shapes, seed)
+    settings, rules, globs = _settings(disable, ignore)
+    options = OptimizeOptions(in_place=in_place, validate_output=validate,
+                              validation=_validation(validation, shapes, seed, settings), external_data=external_data,
+                              rules=rules)
     if is_batch(models):
         if bench:
             raise BnfoldError("--bench measures one model at a time; give a single MODEL file")
-        return _optimize_batch(models, output, in_place, validate, validation, external_data, jobs, fmt, debug)
+        return _optimize_batch(models, output, options.checked(), globs, jobs, fmt, debug)
     [model] = models
     if output is not None and os.path.isdir(output):  # an existing folder: the result keeps the file's name
         output = os.path.join(output, os.path.basename(model))
-    bench_options = None
     if bench:
         from .latency.runner import BenchOptions
 
-        bench_options = BenchOptions(runs=runs, time_budget=time_budget, warmup=warmup, threads=threads,
-                                     provider=provider).checked()
+        options = dataclasses.replace(options, bench=BenchOptions(runs=runs, time_budget=time_budget, warmup=warmup,
+                                                                  threads=threads, provider=provider))
+    options = options.checked()
     from . import staging
     from .batch import Job, destination
     from .io import check_names
@@ -275,10 +323,9 @@ def optimize(models, output, in_place, validate, input_shapes, seed, validation,
     mark = staging.commit_count()
     try:
         with _bench_progress(runs) if bench else contextlib.nullcontext(None) as on_progress:
-            if bench_options is not None:
-                bench_options = dataclasses.replace(bench_options, on_progress=on_progress)
-            report = run_optimize(model, output, in_place=in_place, validate_output=validate, validation=validation,
-                                  external_data=external_data, bench=bench_options)
+            if options.bench is not None:
+                options = dataclasses.replace(options, bench=dataclasses.replace(options.bench, on_progress=on_progress))
+            report = run_optimize(model, output, options=options)
     except signals.Interrupted as exc:
         done = (f"written → {dest} (before the signal took effect)" if staging.commit_count() > mark
                 else "rolled back, nothing written")
@@ -318,26 +365,25 @@ def optimize(models, output, in_place, validate, input_shapes, seed, validation,
     return EXIT_OK
 
 
-def _optimize_batch(models, output, in_place, validate, validation, external_data, jobs, fmt, debug) -> int:
+def _optimize_batch(models, output, options, ignore, jobs, fmt, debug) -> int:
     """``bnfold optimize`` on several files: see ``bnfold.batch``."""
     from rich.console import Console
 
     from . import batch
     from .errors import BnfoldError
 
+    in_place = options.in_place
     if output is not None and in_place:
         raise BnfoldError("--in-place and an output folder contradict each other; give one")
     if output is not None and os.path.exists(output) and not os.path.isdir(output):
         raise BnfoldError(f"{output}: with several models the output must be a folder, and this is a file")
-    todo = batch.collect_jobs(models, output, in_place=in_place, external_data=external_data)
+    todo = batch.collect_jobs(models, output, in_place=in_place, external_data=options.external_data, ignore=ignore)
     if all(j.error for j in todo):  # nothing to fold: the errors alone, no report
         for job in todo:
             _fail(job.error)
         return EXIT_USAGE
     if output is not None:
         os.makedirs(output, exist_ok=True)
-    options = batch.Options(in_place=in_place, validate_output=validate, validation=validation,
-                            external_data=external_data)
     if sys.stderr.isatty():  # a progress bar only for a person watching; CliRunner and pipes stay clean
         from rich import progress as bar
 
@@ -379,12 +425,9 @@ def _optimize_batch(models, output, in_place, validate, validation, external_dat
                    "markdown": "GitHub-flavoured markdown tables for a PR comment or $GITHUB_STEP_SUMMARY",
                    "github": "GitHub Actions annotations"})
 @click.option("-v", "--verbose", is_flag=True, help="Also list every node left in place and why.")
-@click.option("--disable", "disable", multiple=True, metavar="RULE",
-              help="Do not run this rule (repeatable; adds to [tool.bnfold] disable).")
-@click.option("--ignore", "ignore", multiple=True, metavar="GLOB",
-              help="Skip paths matching this glob, relative to the current folder (repeatable; adds to [tool.bnfold] ignore).")
+@_rule_options
 @_validation_options(real_inputs=False, settings_hint=" (for --fix; default: [tool.bnfold])")
-@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@_debug_option()
 def check(paths, fix, fmt, verbose, disable, ignore, validation, debug) -> int:
     """Report what can fold in each model, like a linter; exit 1 when something can.
 
@@ -401,20 +444,9 @@ def check(paths, fix, fmt, verbose, disable, ignore, validation, debug) -> int:
       bnfold check --fix models/resnet_stack.onnx
       bnfold check --disable bn-linear --ignore 'third_party/**' models/
     """
-    from pathlib import Path
-
     from .check import exit_code, render, run_check
-    from .config import check_globs, check_rule_names, load_settings
-    from .rules import DEFAULT_RULES
 
-    settings = load_settings(Path.cwd())
-    if settings.warning:
-        click.echo(f"bnfold: warning: {settings.warning}", err=True)
-    check_rule_names(disable, "--disable")
-    check_globs(ignore, "--ignore")
-    disabled = {*settings.disable, *disable}
-    rules = [r for r in DEFAULT_RULES if r.name not in disabled] if disabled else None
-    globs = [(settings.root, g) for g in settings.ignore] + [(Path.cwd(), g) for g in ignore]
+    settings, rules, globs = _settings(disable, ignore)
     validation = _validation(validation, {}, 0, settings)
     checks, interrupted = run_check(paths, fix=fix, rules=rules, ignore=globs, validation=validation)
     out, err = render(checks, "text" if fmt == "markdown" else fmt, verbose=verbose, interrupted=interrupted)
@@ -443,7 +475,7 @@ def check(paths, fix, fmt, verbose, disable, ignore, validation, debug) -> int:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout (raw per-run latencies included).")
 @click.option("--plot", "plot", type=click.Path(path_type=str, dir_okay=False), metavar="FILE.png",
               help="Draw the latency distributions and the speedups with their intervals (needs bnfold[plot]).")
-@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@_debug_option()
 def bench(model, folded, runs, time_budget, warmup, threads, provider, rounds, check_outputs, input_shapes, seed,
           as_json, plot, debug) -> int:
     """Latency of MODEL against FOLDED (default: MODEL folded in memory) with onnxruntime.

@@ -23,6 +23,7 @@ from .inputs import check_input_bytes, resolve_shapes
 from .io import file_id, read_model, side_file, write_model
 from .staging import staged_output
 from .savings import Savings, measure
+from .options import OptimizeOptions
 from .validation import DEFAULT_TIMEOUT, ValidationOptions, ValidationResult, validate
 
 if TYPE_CHECKING:
@@ -90,6 +91,7 @@ def optimize(
     src: str | os.PathLike,
     dst: str | os.PathLike | None = None,
     *,
+    options: OptimizeOptions | None = None,
     in_place: bool = False,
     validate_output: bool = True,
     input_shapes: dict[str, list[int]] | None = None,
@@ -104,15 +106,18 @@ def optimize(
 ) -> Report:
     """Fold ``src`` and write the result to ``dst`` (default ``<stem>.folded.onnx`` beside it).
 
+    ``options`` (``bnfold.options.OptimizeOptions``) says how, whole; the keywords are shorthands
+    for its fields (give one or the other): ``in_place``, ``validate_output``, ``external_data``,
+    ``rules``, ``bench``, ``validation`` (a ``ValidationOptions``), or instead of ``validation``
+    its fields ``input_shapes``, ``atol``, ``rtol``, ``seed`` and ``validate_timeout``.
+
     The output keeps its tensors in a side file ``<output>.data`` when the input had external
     data, when it would exceed protobuf's 2 GB, or with ``external_data=True``.
     Raises BnfoldError for unusable input or arguments (a tolerance that is not a finite number
     >= 0, an input shape that does not fit the model or memory, an output that would overwrite a
     file the input reads), before anything is written. When validation does not pass the report
     says so (``report.verdict``: failed or unproven; ``report.ok`` False) and nothing is written,
-    unless it is unproven and ``validation.accept_unproven`` is set. ``validation`` holds every
-    validation option; ``input_shapes``, ``atol``, ``rtol``, ``seed`` and ``validate_timeout``
-    are shorthands for its fields (give one or the other).
+    unless it is unproven and ``validation.accept_unproven`` is set.
 
     With ``bench`` options, the latency of ``src`` against the staged output is measured after
     validation passed and before the output moves into place (so in place, ``src`` is still the
@@ -122,19 +127,26 @@ def optimize(
     shorthands = (input_shapes, atol, rtol, seed, validate_timeout) != (None, None, None, 0, DEFAULT_TIMEOUT)
     if validation is not None and shorthands:
         raise BnfoldError("give the validation options either as validation=ValidationOptions(...) or as keywords")
-    if validation is None:
-        validation = ValidationOptions(input_shapes or {}, atol=atol, rtol=rtol, seed=seed, timeout=validate_timeout)
-    validation = validation.checked()  # usage errors before any work
-    if bench is not None:
-        bench = bench.checked()  # a bad provider or count is a usage error before any work
+    if options is not None:
+        if shorthands or validation is not None or (in_place, validate_output, external_data, rules, bench) != (
+                False, True, False, None, None):
+            raise BnfoldError("give the options either as options=OptimizeOptions(...) or as keywords")
+    else:
+        if validation is None:
+            validation = ValidationOptions(input_shapes or {}, atol=atol, rtol=rtol, seed=seed,
+                                           timeout=validate_timeout)
+        options = OptimizeOptions(in_place, validate_output, validation, external_data,
+                                  None if rules is None else tuple(rules), bench)
+    options = options.checked()  # usage errors before any work
     try:
-        return _optimize(src, dst, in_place, validate_output, validation, external_data, rules, bench)
+        return _optimize(src, dst, options)
     except _ValidationFailed as failed:
         return failed.report
 
 
-def _optimize(src, dst, in_place, validate_output, validation: ValidationOptions, external_data, rules,
-              bench) -> Report:
+def _optimize(src, dst, options: OptimizeOptions) -> Report:
+    in_place, validation, bench = options.in_place, options.validation, options.bench
+    validate_output = options.validate_output
     src = Path(src)
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -154,7 +166,7 @@ def _optimize(src, dst, in_place, validate_output, validation: ValidationOptions
     original = onnx.ModelProto()
     original.CopyFrom(model)  # for what the folds saved; cheap: the weights of a lazy model stay on disk
     try:
-        result = fold(model, rules, in_place=True, base_dir=src.parent)
+        result = fold(model, options.rules, in_place=True, base_dir=src.parent)
     except UnicodeDecodeError:
         raise BnfoldError(f"{src}: invalid ONNX model (a text field is not valid UTF-8)") from None
     timings["fold"] = result.seconds
@@ -163,7 +175,7 @@ def _optimize(src, dst, in_place, validate_output, validation: ValidationOptions
     report = Report(str(src), str(dst), result, None, False, sum(f.stat().st_size for f in [src, *data_files] if f.exists()))
     with staged_output(dst) as tmp:
         start = time.perf_counter()
-        report.output_bytes = write_model(result.model, tmp, external_data=external_data or bool(data_files),
+        report.output_bytes = write_model(result.model, tmp, external_data=options.external_data or bool(data_files),
                                           base_dir=src.parent)
         timings["save"] = time.perf_counter() - start
         if validate_output and result.changed:
