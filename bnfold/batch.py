@@ -38,12 +38,16 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import signals, staging
 from .check import collect
 from .errors import EXIT_FAILED, EXIT_OK, EXIT_UNPROVEN, EXIT_USAGE, BnfoldError
 from .options import OptimizeOptions
 from .validation import failure_reason
+
+if TYPE_CHECKING:
+    from .pipeline import Report
 
 FOLDED_SUFFIX = ".folded.onnx"
 
@@ -74,7 +78,8 @@ Options = OptimizeOptions
 
 @dataclass
 class Outcome:
-    """What happened to one job: the ``Report.to_dict()`` document, or the one-line error.
+    """What happened to one job: its ``Report`` (without the model: ``Report.detached``), or the
+    one-line error.
 
     ``interrupted`` is set when a signal stopped the run before this job's report was made:
     ROLLED_BACK, NOT_STARTED, or OK when its output had moved into place just before the signal
@@ -82,7 +87,7 @@ class Outcome:
     """
 
     input: str
-    report: dict | None = None
+    report: Report | None = None
     error: str | None = None
     traceback: str | None = None
     interrupted: str | None = None
@@ -94,19 +99,19 @@ class Outcome:
             return self.interrupted
         if self.report is None:
             return UNUSABLE
-        if self.report["ok"]:
+        if self.report.ok:
             return OK
-        return UNPROVEN if self.report.get("verdict") == "unproven" else VALIDATION_FAILED
+        return UNPROVEN if self.report.verdict == "unproven" else VALIDATION_FAILED
 
     @property
     def written(self) -> bool:
-        return self.report["written"] if self.report is not None else self.interrupted == OK
+        return self.report.written if self.report is not None else self.interrupted == OK
 
     def to_dict(self) -> dict:
         """The report document plus ``error`` (None) and ``status`` (``STATUS_WORDS``); a file without
         a report gets the same core keys."""
         if self.report is not None:
-            return {**self.report, "error": None, "status": STATUS_WORDS[self.status]}
+            return {**self.report.to_dict(), "error": None, "status": STATUS_WORDS[self.status]}
         return {"input": self.input, "output": self.output if self.written else None, "written": self.written,
                 "ok": self.written, "error": self.error, "status": STATUS_WORDS[self.status]}
 
@@ -291,7 +296,7 @@ def _fold(job: Job, options: Options, debug: bool) -> Outcome:
     except Exception as exc:  # a model shape nobody foresaw: one line naming the file, go on
         return Outcome(job.input, error=f"{job.input}: {type(exc).__name__}: {exc}",
                        traceback=traceback.format_exc() if debug else None)
-    return Outcome(job.input, report=report.to_dict())
+    return Outcome(job.input, report=report.detached())
 
 
 def _cut_short(job: Job, options: Options, mark: int) -> Outcome:
@@ -407,8 +412,8 @@ def summary(outcomes: list[Outcome], interrupted: signals.Interrupted | None = N
         "unusable": sum(1 for o in outcomes if o.status == UNUSABLE),
         "rolled_back": sum(1 for o in outcomes if o.status == ROLLED_BACK),
         "not_started": sum(1 for o in outcomes if o.status == NOT_STARTED),
-        "folds": sum(len(r["folds"]) for r in reports),
-        "refusals": sum(len(r["refusals"]) for r in reports),
+        "folds": sum(len(r.result.folds) for r in reports),
+        "refusals": sum(len(r.result.refusals) for r in reports),
         "interrupted": interrupted.name if interrupted is not None else None,
     }
 
@@ -432,20 +437,19 @@ def error_lines(outcomes: list[Outcome]) -> list[str]:
         if o.status == UNUSABLE:
             message = o.error or f"{o.input}: failed"
         elif o.status in (VALIDATION_FAILED, UNPROVEN):
-            v = o.report["validation"] or {}
+            v = o.report.validation
             what = "validation failed" if o.status == VALIDATION_FAILED else "validation could not prove the fold"
-            message = f"{o.input}: {what} ({failure_reason(v.get('reason'))}); nothing written"
+            message = f"{o.input}: {what} ({failure_reason(v.reason if v is not None else None)}); nothing written"
         else:
             continue
         lines.append(f"bnfold: error: {' '.join(message.split())}")
     return lines
 
 
-def _validation_cell(report: dict) -> str:
-    v = report["validation"]
-    if v is None:
+def _validation_cell(report: Report) -> str:
+    if report.validation is None:
         return "not run"
-    return {"passed": "[green]passed[/]", "failed": "[red]FAILED[/]"}.get(v["verdict"], "[yellow]unproven[/]")
+    return {"passed": "[green]passed[/]", "failed": "[red]FAILED[/]"}.get(report.verdict, "[yellow]unproven[/]")
 
 
 def render_summary(outcomes: list[Outcome], console, interrupted: signals.Interrupted | None = None) -> None:
@@ -464,10 +468,10 @@ def render_summary(outcomes: list[Outcome], console, interrupted: signals.Interr
                       else f"[yellow]{STATUS_WORDS[o.status]}[/]")
             table.add_row(safe(o.input), "-", "-", "-", "-", status)
             continue
-        status = (f"written → {safe(r['output'])}" if r["written"] else
+        status = (f"written → {safe(r.output)}" if r.written else
                   "[yellow]not proven[/]" if o.status == UNPROVEN else "[red]validation failed[/]")
-        table.add_row(safe(o.input), str(len(r["folds"])), str(len(r["refusals"])), _validation_cell(r),
-                      f"{r['before']['nodes']}→{r['after']['nodes']}", status)
+        table.add_row(safe(o.input), str(len(r.result.folds)), str(len(r.result.refusals)), _validation_cell(r),
+                      f"{r.result.before.nodes}→{r.result.after.nodes}", status)
     console.print(table)
     s = summary(outcomes)
     console.print(f"{s['files']} files: {s['written']} written, {s['validation_failed']} failed validation, "

@@ -266,7 +266,7 @@ def batch_markdown(outcomes: Sequence, interrupted=None) -> str:
         status = _STATUS.get(d["status"], escape(d["status"]))
         if d["written"] and d.get("output"):
             status = f"written → {code(d['output'])}"
-        r = o.report
+        r = None if o.report is None else _doc(o.report)
         if r is None:
             rows.append((code(o.input), "-", "-", "-", "-", status))
             continue
@@ -287,8 +287,8 @@ def batch_markdown(outcomes: Sequence, interrupted=None) -> str:
         lines += ["### Errors", "", *_table(("file", "error"), errors), ""]
     for o in outcomes:
         if o.report is not None:
-            lines += [f"### {code(o.input, cell=False)}", "", _summary_line(o.report), "",
-                      *_report_sections(o.report, 4)]
+            doc = _doc(o.report)
+            lines += [f"### {code(o.input, cell=False)}", "", _summary_line(doc), "", *_report_sections(doc, 4)]
     return "\n".join(lines).rstrip("\n") + "\n"
 
 

@@ -7,6 +7,7 @@ the input is untouched (it is only ever read, unless the destination is the inpu
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Sequence
@@ -49,6 +50,10 @@ class Report:
     unproven_accepted: bool = False
     #: What the folds saved per inference (``bnfold.savings``), measured on the shapes validation used.
     savings: Savings | None = None
+
+    def detached(self) -> Report:
+        """This report without the folded model (what a batch worker sends back: the figures only)."""
+        return dataclasses.replace(self, result=dataclasses.replace(self.result, model=None))
 
     @property
     def ok(self) -> bool:
