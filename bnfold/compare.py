@@ -11,6 +11,10 @@ rounding happens, and rounding errors follow the size of the values that flow th
 network, not the size of each output element (an elementwise rule gave correct folds of
 deeplabv3 up to 6,679x its tolerance on larger inputs, where elements near zero carry the
 rounding of their large neighbours).
+
+An output whose values lie on a quantization grid (it comes out of a DequantizeLinear) is
+measured in quanta instead (``quantum_errors``): how many elements moved by one step of the
+grid, and how many by more.
 """
 
 from __future__ import annotations
@@ -120,3 +124,38 @@ def elementwise(name: str, ref: np.ndarray, got: np.ndarray, atol: float | None 
     e = errors(ref, got)
     return {**result, "max_abs": e.max_abs, "max_rel": e.max_rel, "max_ref": e.scale,
             "passed": within(ref, got, tol.atol, tol.rtol)}
+
+
+@dataclass(frozen=True)
+class QuantumErrors:
+    """``got`` against ``ref`` on a quantization grid: ``elements`` compared (finite in ``ref``),
+    ``moved`` by one quantum, ``beyond`` by more than one (or not finite), ``quantum`` the largest step."""
+
+    quantum: float
+    elements: int
+    moved: int
+    beyond: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def quantum_errors(ref: np.ndarray, got: np.ndarray, quantum: np.ndarray) -> QuantumErrors:
+    """Count the elements of ``got`` that differ from ``ref`` by one step of the grid ``quantum``
+    (broadcast against ``ref``: one step per element), and by more.
+
+    Both outputs are whole numbers of quanta (times a float rounding of the dequantization), so
+    a difference counts as one quantum from half a step to one and a half, and as more beyond.
+    """
+    ref, got = np.asarray(ref), np.asarray(got)
+    step = np.abs(np.broadcast_to(np.asarray(quantum, dtype=np.float64), ref.shape))
+    if ref.shape != got.shape:
+        return QuantumErrors(float(step.max(initial=0.0)), ref.size, 0, ref.size)
+    r, g = ref.astype(np.float64), got.astype(np.float64)
+    finite = np.isfinite(r)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        steps = np.abs(g[finite] - r[finite]) / step[finite]
+    steps = np.nan_to_num(steps, nan=np.inf)
+    steps[(step[finite] == 0) & (g[finite] == r[finite])] = 0.0
+    return QuantumErrors(float(step.max(initial=0.0)), int(steps.size), int(np.sum((steps > 0.5) & (steps <= 1.5))),
+                         int(np.sum(steps > 1.5)))

@@ -9,7 +9,8 @@ both run with onnx's reference evaluator instead, and the result says which back
 Inputs: the user's (``.npz`` files or feed dicts), else three random sets (``bnfold.feeds``) on
 shapes chosen so that the outputs say something (``bnfold.shapes``). Every output is judged by
 the criterion of ``bnfold.tolerances``: relative to its scale, with the exact float64 answer as
-the arbiter where the fast pass does not decide. Three verdicts, in words and in JSON:
+the arbiter where the fast pass does not decide; an output on a quantization grid (out of a
+DequantizeLinear) in quanta of that grid. Three verdicts, in words and in JSON:
 
 - **passed**: every compared output met the criterion, and at least one was informative;
 - **failed**: an output did not (the worst is named, with its set), or the folded model does not
@@ -94,6 +95,9 @@ class OutputComparison:
     ``needed``: the worst error in eps of that scale, i.e. the tolerance that would have been
     needed; ``exact_original``/``exact_folded``: each model's distance from the exact float64
     answer, when it was computed. ``max_rel`` is over elements at least 1e-3 of the scale.
+    ``quantum``: for an output on a quantization grid (stages ``quantum``, ``unrounded``), its
+    largest step; ``moved`` the fraction of its elements that moved by one quantum, ``unrounded``
+    the largest difference in quanta without activation rounding, when that was measured (worst set).
     """
 
     name: str
@@ -117,6 +121,9 @@ class OutputComparison:
     informative: bool = True
     nondeterministic: bool = False
     self_diff: float = 0.0
+    quantum: float | None = None
+    moved: float | None = None
+    unrounded: float | None = None
 
     @property
     def passed(self) -> bool:
@@ -130,6 +137,9 @@ class OutputComparison:
     @property
     def max_ref(self) -> float:  # the name of earlier versions
         return self.scale
+
+
+_QUANTIZED_KEYS = ("quantum", "moved", "unrounded")
 
 
 @dataclass
@@ -174,7 +184,9 @@ class ValidationResult:
         from .jsonout import jsonable
 
         doc = asdict(self)
-        doc["outputs"] = [{**asdict(o), "passed": o.passed} for o in self.outputs]
+        # quantum, moved, unrounded: only for outputs on a quantization grid (float models' JSON is unchanged)
+        doc["outputs"] = [{**{k: v for k, v in asdict(o).items() if v is not None or k not in _QUANTIZED_KEYS},
+                           "passed": o.passed} for o in self.outputs]
         doc["passed"] = self.passed
         doc["error"] = self.error
         return jsonable(doc)
@@ -323,6 +335,19 @@ def _set_verdict(e: dict, dtype: str, elementwise: bool, exact_only: bool = Fals
     if elementwise:
         return (PASSED, "elementwise", None) if e["within_elementwise"] else \
             (FAILED, "elementwise", "beyond --atol/--rtol")
+    if "quantum" in e:  # on a quantization grid: judged in quanta (the exact reference cannot compute it)
+        if tolerances.fast_pass(e["max_abs"], e["scale"], dtype):
+            return PASSED, "fast pass", None
+        if tolerances.quantum_pass(e["moved"], e["beyond"], e["elements"]):
+            return PASSED, "quantum", None
+        moved = (f"{e['moved']} of its {e['elements']} elements moved by one quantum ({e['quantum']:.3g}; at most "
+                 f"{tolerances.quantum_allowance(e['elements'])} may) and {e['beyond']} by more")
+        if "unrounded" not in e:
+            return FAILED, "quantum", f"{moved}, and the models could not be compared without activation rounding"
+        if tolerances.unrounded_pass(e["unrounded"]):
+            return PASSED, "unrounded", None
+        return FAILED, "unrounded", (f"{moved}, and without activation rounding it is {e['unrounded']:.3g} quanta off "
+                                     f"(at most {tolerances.UNROUNDED_QUANTA:g} may be)")
     if not (exact_only and "exact_folded" in e) and tolerances.fast_pass(e["max_abs"], e["scale"], dtype):
         return PASSED, "fast pass", None
     if "exact_folded" in e:
@@ -360,7 +385,8 @@ def output_verdict(out: dict, elementwise: bool, exact_only: bool = False) -> tu
             return UNPROVEN, stage, e, f"{why}: the float computation is unstable on every input set"
         return "uninformative", None, worst, None
     stages = {v[1] for v, _ in judged}
-    stage = next((s for s in ("exact reference", "elementwise", "fast pass", "exact") if s in stages), None)
+    order = ("exact reference", "unrounded", "quantum", "elementwise", "fast pass", "exact")
+    stage = next((s for s in order if s in stages), None)
     return PASSED, stage, worst, None
 
 
@@ -374,7 +400,8 @@ def _comparison(out: dict, elementwise: bool, atol, rtol, exact_only: bool) -> O
         out["name"], out["dtype"], out["shape"], verdict, stage, e["max_abs"], e["mean_abs"], e["median_abs"],
         e["p99_abs"], e["max_rel"], e["scale"], e["needed"], e["set"], why, e.get("exact_original"),
         e.get("exact_folded"), tol.atol if tol else None, tol.rtol if tol else None, informative,
-        bool(out.get("nondeterministic")), float(out.get("self_diff", 0.0)))
+        bool(out.get("nondeterministic")), float(out.get("self_diff", 0.0)), e.get("quantum"),
+        e["moved"] / e["elements"] if e.get("elements") else None, e.get("unrounded"))
 
 
 def _judge(raw: dict, seed: int, atol: float | None = None, rtol: float | None = None) -> ValidationResult:

@@ -13,8 +13,9 @@ says that for one op type, and every "affine after linear" rule works through it
 - MatMul with a constant 2-D weight ``[K, N]`` (channels on axis 1), optionally followed by an Add
   of a per-channel constant (the bias); an Add is created when there is none.
 
-``find_linear`` walks back from the tensor the affine op reads to the linear op, through its bias
-Add and, for rules that normalize axis 1, a Reshape that keeps the channels on axis 1.
+``locate_linear`` walks back from the tensor the affine op reads to the linear op, through its bias
+Add and, for rules that normalize axis 1 (BN), a chain of layout ops (Transpose, Reshape, Flatten,
+Squeeze, Unsqueeze) that must bring the channels to axis 1 (``_layout.py`` follows them).
 """
 
 from __future__ import annotations
@@ -31,12 +32,13 @@ from ..constants import ONNX_DOMAINS
 from ..errors import NoFold
 from ..foldmath import cast_checked, narrow, scale_along_axis, scale_cast_checked
 from ..graph import FoldGraph
+from ._layout import MAX_LAYOUT_CHAIN, channel_shape, follow_layout, is_layout_op, linear_output_shape
 from .base import describe
 
 
 @dataclass
 class Linear:
-    """A linear node (and its bias Add / pass-through Reshape) read as ``y = W x + b`` per channel."""
+    """A linear node (and its bias Add / the layout ops after it) read as ``y = W x + b`` per channel."""
 
     kind: LinearKind
     node: gs.Node
@@ -46,7 +48,7 @@ class Linear:
     out_rank: int | None  # rank of y, when known
     channel_axis: int  # axis of y that carries the channels (negative counts from the end)
     bias_node: gs.Node | None = None  # MatMul's Add
-    via: list[gs.Node] = field(default_factory=list)  # pass-through nodes after the linear op (Reshape)
+    via: list[gs.Node] = field(default_factory=list)  # layout ops after the linear op, in graph order
     #: The unrounded values of a float16/bfloat16 weight or bias an earlier fold wrote (FoldGraph.precise).
     exact_weight: np.ndarray | None = None
     exact_bias: np.ndarray | None = None
@@ -397,29 +399,36 @@ class LinearSite:
     """Where a linear op sits behind the tensor an affine op reads (structure only, nothing read yet)."""
 
     node: gs.Node
-    walked: gs.Node  # the node producing the tensor (or the Reshape's input): the linear op or an Add
-    via: tuple[gs.Node, ...]  # pass-through Reshape
+    walked: gs.Node  # the node producing the tensor (or the layout ops' input): the linear op or an Add
+    via: tuple[gs.Node, ...]  # layout ops between it and the tensor, in graph order
     channel_axis_1: bool
 
 
-def locate_linear(tensor: gs.Tensor, graph: FoldGraph, ops: tuple[str, ...], channel_axis_1: bool = False) -> LinearSite:
+def locate_linear(tensor: gs.Tensor, graph: FoldGraph, ops: tuple[str, ...], channel_axis_1: bool = False,
+                  quantized: bool = False) -> LinearSite:
     """Find the linear op (one of ``ops``) behind ``tensor``, through a MatMul's Add and, with
-    ``channel_axis_1`` (the affine op normalizes axis 1, as BN does), a Reshape. Structure only."""
-    via: tuple[gs.Node, ...] = ()
+    ``channel_axis_1`` (the affine op normalizes axis 1, as BN does), layout ops. Structure only.
+    A weight from DequantizeLinear is no match unless ``quantized`` (rules/quantized.py folds those)."""
+    via: list[gs.Node] = []
     node = graph.producer(tensor)
-    if channel_axis_1 and node is not None and node.op == "Reshape" and node.domain in ONNX_DOMAINS:
-        via = (node,)
+    while channel_axis_1 and is_layout_op(node) and len(via) < MAX_LAYOUT_CHAIN:
+        via.insert(0, node)
         node = graph.producer(node.inputs[0])
+    through = f" (through {', '.join(map(describe, via))})" if via else ""
     walked = node
     if node is not None and node.op == "Add" and "MatMul" in ops:
         matmuls = [p for p in map(graph.producer, node.inputs[:2]) if p is not None and p.op == "MatMul"]
         if len(matmuls) == 1:
             node = matmuls[0]
     if node is None:
-        raise NoFold(f"its input '{tensor.name}' is an input of the graph, not the output of a linear op")
+        raise NoFold(f"its input '{tensor.name}'{through} is an input of the graph, not the output of a linear op")
     if node.op not in ops or node.domain not in ONNX_DOMAINS:
-        raise NoFold(f"its input '{tensor.name}' comes from {describe(node)}, not a linear op ({', '.join(ops)})")
-    return LinearSite(node, walked, via, channel_axis_1)
+        raise NoFold(f"its input '{tensor.name}' comes from {describe(node)}{through}, not a linear op "
+                     f"({', '.join(ops)})")
+    dq = graph.producer(node.inputs[1]) if len(node.inputs) > 1 else None
+    if not quantized and dq is not None and dq.op == "DequantizeLinear" and dq.domain in ONNX_DOMAINS:
+        raise NoFold(f"{describe(node)} takes its weight from {describe(dq)}: rules 'qdq-bn' and 'qdq-affine' fold it")
+    return LinearSite(node, walked, tuple(via), channel_axis_1)
 
 
 def require_same_scope(node: gs.Node, graph: FoldGraph) -> None:
@@ -432,8 +441,9 @@ def require_same_scope(node: gs.Node, graph: FoldGraph) -> None:
 def read_linear(site: LinearSite, graph: FoldGraph) -> Linear:
     """Read the constants of the located linear op and check the path from it to the affine op.
 
-    With ``channel_axis_1`` the linear op's channels must land on axis 1: for MatMul that means
-    a 2-D output, and a Reshape in between must be to ``[N, C, 1, ...]`` of a 2-D ``[N, C]``.
+    With ``channel_axis_1`` the linear op's channels must land on axis 1: without layout ops in
+    between, for MatMul that means a 2-D output; layout ops in between must provably carry the
+    channels to axis 1 (``_check_channel_path``).
     """
     for node in (site.node, site.walked, *site.via):
         require_same_scope(node, graph)
@@ -452,7 +462,7 @@ def read_linear(site: LinearSite, graph: FoldGraph) -> Linear:
     for producer, consumer in zip(chain, chain[1:]):
         require_exclusive(producer, consumer, graph)
     if linear.via:
-        _check_channel_reshape(linear.via[0], linear, graph)
+        _check_channel_path(linear, graph)
     elif site.channel_axis_1 and linear.channel_axis != 1 and linear.out_rank != 2:
         rank = "unknown" if linear.out_rank is None else str(linear.out_rank)
         raise NoFold(
@@ -472,16 +482,28 @@ def require_exclusive(producer: gs.Node, consumer: gs.Node, graph: FoldGraph) ->
         raise NoFold(f"{describe(producer)} output '{out.name}' also feeds {describe(others[0])}")
 
 
+def _check_channel_path(linear: Linear, graph: FoldGraph) -> None:
+    """The layout ops after the linear op (``linear.via``) must put its channels on axis 1.
+
+    The linear op's output has the rank and channel count the op gives and the sizes declarations
+    give; ``_layout.follow_layout`` follows the channel axis op by op (a 3-D MatMul ``[B, T, C]`` →
+    Transpose(0, 2, 1), or → Reshape ``[B*T, C, 1, 1]``, brings it to axis 1; a Reshape that merges C
+    with T loses it).
+    """
+    start = linear.via[0].inputs[0]
+    shape, axis = channel_shape(start, linear.out_rank, linear.channel_axis, linear.channels,
+                                linear_output_shape(linear.node, linear.out_rank))
+    what = f"a {len(shape)}-D {linear.node.op} output"
+    shape, axis, params = follow_layout(linear.via, shape, axis, what, graph)
+    if axis != 1:
+        raise NoFold(f"{describe(linear.via[-1])}{params} does not keep the {linear.channels} channels of {what} "
+                     f"on axis 1: they land on axis {axis} of a rank-{len(shape)} tensor")
+
+
 def _check_channel_reshape(reshape: gs.Node, linear: Linear, graph: FoldGraph) -> None:
-    try:
-        shape = [int(d) for d in np.asarray(graph.constant(reshape.inputs[1])).ravel()]
-    except NoFold as exc:
-        raise NoFold(f"{describe(reshape)} has a non-constant shape: {exc.reason}") from None
-    if linear.out_rank != 2 or len(shape) < 2 or shape[1] != linear.channels or any(d != 1 for d in shape[2:]):
-        raise NoFold(
-            f"{describe(reshape)} to {shape} does not keep the {linear.channels} channels of a 2-D "
-            f"{linear.node.op} output on axis 1"
-        )
+    """The former single-Reshape check, now ``_check_channel_path`` over all of ``linear.via``
+    (``reshape`` is its first op); kept for the callers that name it (rules/quantized.py)."""
+    _check_channel_path(linear, graph)
 
 
 def fold_affine(linear: Linear, s: np.ndarray, t: np.ndarray) -> FoldedLinear:
