@@ -56,10 +56,10 @@ def as_float64(model: onnx.ModelProto) -> onnx.ModelProto:
 def exact_outputs(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     from onnx.reference import ReferenceEvaluator
 
-    from bnfold.runtime import _reference_batchnorm
+    from bnfold.runtime import reference_batchnorm
 
     wide_feeds = {k: v.astype(np.float64) if v.dtype == np.float32 else v for k, v in feeds.items()}
-    session = ReferenceEvaluator(as_float64(model), new_ops=[_reference_batchnorm()])
+    session = ReferenceEvaluator(as_float64(model), new_ops=[reference_batchnorm()])
     return [np.asarray(o, dtype=np.float64) for o in session.run(None, wide_feeds)]
 
 
@@ -79,7 +79,7 @@ def cached_exact(path: str, cache: str | None) -> tuple[dict[str, np.ndarray], l
     import hashlib
     import os
 
-    from bnfold.runtime import _strip_empty_trailing_outputs, make_inputs
+    from bnfold.runtime import make_inputs, strip_empty_trailing_outputs
     from bnfold.io import load_runnable
 
     stat = os.stat(path)
@@ -91,7 +91,7 @@ def cached_exact(path: str, cache: str | None) -> tuple[dict[str, np.ndarray], l
             exact = [data[f"out:{i}"] for i in range(sum(k.startswith("out:") for k in data.files))]
         return feeds, exact
     original = load_runnable(path)  # external data read as onnxruntime reads it (onnx.load differs)
-    _strip_empty_trailing_outputs(original.graph)
+    strip_empty_trailing_outputs(original.graph)
     feeds = make_inputs(original, {}, 0)
     exact = exact_outputs(original, feeds)
     if stored:

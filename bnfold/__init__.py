@@ -3,7 +3,7 @@
 Python API::
 
     import bnfold
-    result = bnfold.fold("model.onnx")          # or an onnx.ModelProto
+    result = bnfold.fold("model.onnx")          # or an onnx.ModelProto, or an onnx_ir.Model
     check = bnfold.validate("model.onnx", result.model)
     assert check.passed
     latency = bnfold.bench("model.onnx")         # original vs folded in memory, both ORT settings
@@ -19,7 +19,9 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # what type checkers see; at run time each name is imported when first used
     from .errors import BnfoldError
-    from .folding import FoldResult, fold
+    from .api import fold
+    from .folding import FoldResult
+    from .irpass import FoldPass, FoldPassResult  # needs the ir extra: pip install 'bnfold[ir]'
     from .io import load_model
     from .latency.runner import BenchOptions, BenchResult, bench
     from .options import OptimizeOptions
@@ -28,8 +30,10 @@ if TYPE_CHECKING:  # what type checkers see; at run time each name is imported w
     from .validation import OutputComparison, ValidationOptions, ValidationResult, validate
 
 _EXPORTS = {
-    "fold": "bnfold.folding",
+    "fold": "bnfold.api",
     "FoldResult": "bnfold.folding",
+    "FoldPass": "bnfold.irpass",  # imports onnx-ir, on first use only
+    "FoldPassResult": "bnfold.irpass",
     "validate": "bnfold.validation",
     "ValidationResult": "bnfold.validation",
     "OutputComparison": "bnfold.validation",
@@ -46,7 +50,10 @@ _EXPORTS = {
     "BenchResult": "bnfold.latency.runner",
 }
 
-__all__ = sorted(_EXPORTS) + ["__version__"]
+#: Names that need an optional extra: not in ``__all__``, so ``from bnfold import *`` works without it.
+_OPTIONAL = {"FoldPass", "FoldPassResult"}
+
+__all__ = sorted(set(_EXPORTS) - _OPTIONAL) + ["__version__"]
 
 
 def __getattr__(name: str):

@@ -1,7 +1,8 @@
 """Child process of ``bnfold.validation.validate``: runs both models, writes what it measured as JSON.
 
-Run as ``python -m bnfold._validate_worker REQUEST.json``. It writes what it is doing to the
-request's progress file first, so that if the runtime kills the process the parent can say when.
+Run as ``python -m bnfold._validate_worker REQUEST.json`` (``bnfold.child``). It says what it is
+doing before each step (``child.Progress``), so that if the runtime kills the process the parent
+can say when.
 
 Steps: load both models as the runtime reads them (``io.load_runnable``) and prepare them alike
 (``runtime.prepare_for_runtime``); choose the input sets (the user's ``.npz`` files, or random
@@ -15,7 +16,6 @@ still differs, run the original once more to see whether it reproduces itself. T
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -24,13 +24,17 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from . import compare, feeds, shapes, tolerances
+from . import child, compare, feeds, shapes, tolerances
 from .errors import BnfoldError
 from .inputs import check_input_bytes, input_bytes, memory_limit, real_inputs, resolve_shapes
 from .io import load_runnable
 from .quantmath import integer_limits, is_integer
-from .runtime import Backend, CannotRun, _progress, one_line, prepare_for_runtime
+from .runtime import Backend, CannotRun, one_line, prepare_for_runtime
 from .widen import widen_feeds
+
+#: The exact reference (``bnfold._exact_worker``) may use at most this fraction of physical memory
+#: (address space).
+EXACT_MEMORY_FRACTION = 0.5
 
 
 class FoldedFails(Exception):
@@ -75,7 +79,7 @@ def quantization_grids(model: onnx.ModelProto) -> dict[str, tuple[np.ndarray, in
     producers = {o: n for n in graph.node for o in n.output if o}
     constants = None
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
-    grids = {}
+    grids: dict[str, tuple[np.ndarray, int | None]] = {}
     for output in graph.output:
         name, moved = output.name, False
         node = producers.get(name)
@@ -141,7 +145,7 @@ def unrounded(model: onnx.ModelProto) -> onnx.ModelProto | None:
                 or len(q.input) < 3 or len(dq.input) < 3:
             continue
         scale, zero, dq_scale, dq_zero = (scalar(name) for name in (*q.input[1:3], *dq.input[1:3]))
-        if any(v is None for v in (scale, zero, dq_scale, dq_zero)) or not is_integer(zero.dtype) \
+        if scale is None or zero is None or dq_scale is None or dq_zero is None or not is_integer(zero.dtype) \
                 or scale != dq_scale or zero != dq_zero:
             continue
         lo, hi = integer_limits(zero.dtype)
@@ -168,9 +172,10 @@ def unrounded(model: onnx.ModelProto) -> onnx.ModelProto | None:
 def unrounded_steps(original, folded, backend, sets, quanta: dict, wanted: dict[str, set[int]]) -> dict:
     """``{output: {set index: max |difference| in quanta}}`` of the two models without activation
     rounding (``unrounded``), for the outputs and sets in ``wanted``; CannotRun when they do not run."""
-    models = [unrounded(original), unrounded(folded)]
-    if any(m is None for m in models):
+    relaxed = unrounded(original), unrounded(folded)
+    if relaxed[0] is None or relaxed[1] is None:
         raise CannotRun("the models have no QuantizeLinear → DequantizeLinear pair to take the rounding out of")
+    models = [relaxed[0], relaxed[1]]
     sessions = [backend.session(m, f"{which} without activation rounding")
                 for m, which in zip(models, ("original", "folded"))]
     steps: dict[str, dict[int, float]] = {n: {} for n in wanted}
@@ -228,29 +233,27 @@ def choose_shapes(original, inputs, given, seed, backend, deadline) -> tuple[dic
 
 
 def exact_outputs(model_path: str, sets, needed: set[int], workdir: str, seconds: float,
-                  progress) -> tuple[dict, str | None]:
+                  progress: child.Progress) -> tuple[dict, str | None]:
     """``{set index: {output: float64 values}}`` of the original widened to float64 for the sets in
     ``needed``, and None; or ``{}`` and why the exact reference could not run. In a process of its
-    own (``_exact_worker``: bounded memory), abandoned after ``seconds``."""
-    import os
-    import subprocess
-
+    own (``_exact_worker``: ``EXACT_MEMORY_FRACTION``), abandoned after ``seconds``."""
     order = sorted(needed)
     paths = []
     for k in order:
         path = os.path.join(workdir, f"exact-set{k}.npz")
-        np.savez(path, **widen_feeds(sets[k][1]))  # float64 already: .npz has no bfloat16
+        feeds.save_npz(path, widen_feeds(sets[k][1]))  # float64 already: .npz has no bfloat16
         paths.append(path)
     out = os.path.join(workdir, "exact.npz")
-    _progress(progress, "computing the exact answer (the original widened to float64)")
-    try:
-        proc = subprocess.run([sys.executable, "-m", "bnfold._exact_worker", model_path, out, *paths],
-                              capture_output=True, text=True, timeout=max(seconds, 1.0))
-    except subprocess.TimeoutExpired:
-        return {}, f"it did not finish in the {max(seconds, 1.0):.0f} s left of the validation's time limit"
-    if proc.returncode != 0 or not os.path.exists(out):
-        last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
-        return {}, last if proc.returncode > 0 else f"the runtime crashed ({-proc.returncode}): {last}"
+    progress.stage("computing the exact answer (the original widened to float64)")
+    limit = max(seconds, 1.0)
+    ended = child.run(child.command("bnfold._exact_worker"), {"model": model_path, "out": out, "sets": paths},
+                      timeout=limit, memory_fraction=EXACT_MEMORY_FRACTION)
+    if ended.timed_out:
+        return {}, f"it did not finish in the {limit:.0f} s left of the validation's time limit"
+    if not ended.ok or ended.result is None:  # (ok: there is a result)
+        return {}, ended.failure(f"the exact reference failed (exit {ended.returncode})")
+    if ended.result.get("error"):
+        return {}, ended.result["error"]
     results: dict[int, dict] = {k: {} for k in order}
     with np.load(out, allow_pickle=False) as data:
         for key in data.files:
@@ -259,7 +262,7 @@ def exact_outputs(model_path: str, sets, needed: set[int], workdir: str, seconds
     return results, None
 
 
-def _measure(req: dict) -> dict:
+def _measure(req: dict, progress: child.Progress) -> tuple:
     report: dict = {}
     started = time.monotonic()
     timeout = req.get("timeout") or 1e9
@@ -269,7 +272,7 @@ def _measure(req: dict) -> dict:
     for vi in inputs:
         if not vi.type.HasField("tensor_type"):
             raise CannotRun(f"input '{vi.name}' is not a tensor; bnfold validates tensor inputs only")
-    backend = Backend(original, req["progress"])
+    backend = Backend(original, progress.stage)
     report["backend"] = backend.name
     first_ref = None
     if req.get("inputs"):
@@ -325,7 +328,8 @@ def _measure(req: dict) -> dict:
             for k, e in enumerate(measured[n]):
                 if e.informative and not tolerances.fast_pass(e.max_abs, e.scale, refs[0][n].dtype):
                     undecided.add(k)
-    exact, exact_error = {}, None
+    exact: dict[int, dict] = {}
+    exact_error = None
     if exact_wanted or undecided:
         need = set(range(len(sets))) if exact_wanted else undecided
         left = timeout - (time.monotonic() - started) - 5.0  # the comparison and the self-check come after
@@ -333,7 +337,7 @@ def _measure(req: dict) -> dict:
             exact_error = "no time left for it within the validation's time limit"
         else:
             exact, exact_error = exact_outputs(req["original"], sets, need, os.path.dirname(req["result"]), left,
-                                               req["progress"])
+                                               progress)
     report["reference"] = {"mode": req.get("reference") or "original", "ran": bool(exact), "error": exact_error,
                            "sets": sorted(exact)}
     outputs = []
@@ -393,15 +397,14 @@ def _self_check(report, original, backend, sets, refs, judge) -> None:
             out["self_diff"] = moved[out["name"]]
 
 
-def main(request_path: str) -> int:
+def main(req: dict, progress: child.Progress) -> dict:
+    """The figures for ``validation._judge``: ``failed``, ``error`` or ``refused`` say why there are none."""
     from .validation import output_verdict
 
-    with open(request_path) as fh:
-        req = json.load(fh)
     report: dict = {"backend": "", "sets": [], "outputs": []}
     try:
-        _progress(req["progress"], "loading the models")
-        measured, original, backend, sets, refs = _measure(req)
+        progress.stage("loading the models")
+        measured, original, backend, sets, refs = _measure(req, progress)
         report.update(measured)
         exact_only = report["reference"]["mode"] == "float64"
         _self_check(report, original, backend, sets, refs,
@@ -412,10 +415,9 @@ def main(request_path: str) -> int:
         report["error"] = str(exc)
     except BnfoldError as exc:  # unusable file, input shape or input set: the parent raises it, nothing ran
         report["refused"] = str(exc)
-    with open(req["result"], "w") as fh:
-        json.dump(report, fh)
-    return 0
+        report["refused_kind"] = type(exc).__name__  # the parent raises the same class
+    return report
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    sys.exit(child.serve(main))

@@ -209,7 +209,7 @@ def _reject_collisions(jobs: list[Job], in_place: bool) -> list[Job]:
 
     runnable = [j for j in jobs if j.error is None]
     writes = {j.input: _written(j, in_place) for j in runnable}
-    readers: dict[tuple[int, int], set[str]] = {}  # a file some job reads -> the inputs that read it
+    readers: dict[tuple[int, int] | None, set[str]] = {}  # a file some job reads -> the inputs that read it
     for job in runnable:
         readers.setdefault(file_id(job.input), set()).add(job.input)
     # A file must exist to be read, so data files matter only for targets already on disk (earlier
@@ -343,7 +343,8 @@ def run_jobs(
 
 
 def _run_here(jobs, runnable, options, debug, finish, outcomes) -> signals.Interrupted | None:
-    current = mark = None
+    current: int | None = None
+    mark = 0  # set with current
     try:
         for i in runnable:
             current, mark = i, staging.commit_count()
@@ -437,7 +438,7 @@ def error_lines(outcomes: list[Outcome]) -> list[str]:
         if o.status == UNUSABLE:
             message = o.error or f"{o.input}: failed"
         elif o.status in (VALIDATION_FAILED, UNPROVEN):
-            v = o.report.validation
+            v = o.report.validation if o.report is not None else None  # (these statuses come with a report)
             what = "validation failed" if o.status == VALIDATION_FAILED else "validation could not prove the fold"
             message = f"{o.input}: {what} ({failure_reason(v.reason if v is not None else None)}); nothing written"
         else:
@@ -464,12 +465,14 @@ def render_summary(outcomes: list[Outcome], console, interrupted: signals.Interr
     for o in outcomes:
         r = o.report
         if r is None:
-            status = (f"written → {safe(o.output)}" if o.written else f"[red]{STATUS_WORDS[o.status]}[/]" if o.status == UNUSABLE
+            status = (f"written → {safe(o.output)}" if o.written and o.output is not None
+                      else f"[red]{STATUS_WORDS[o.status]}[/]" if o.status == UNUSABLE
                       else f"[yellow]{STATUS_WORDS[o.status]}[/]")
             table.add_row(safe(o.input), "-", "-", "-", "-", status)
             continue
         status = (f"written → {safe(r.output)}" if r.written else
                   "[yellow]not proven[/]" if o.status == UNPROVEN else "[red]validation failed[/]")
+        assert r.result.before is not None and r.result.after is not None, "fold counts both"
         table.add_row(safe(o.input), str(len(r.result.folds)), str(len(r.result.refusals)), _validation_cell(r),
                       f"{r.result.before.nodes}→{r.result.after.nodes}", status)
     console.print(table)

@@ -4,8 +4,9 @@ Three steps, each its own function: ``collect`` turns the command-line PATHs (fi
 searched recursively for ``*.onnx``, glob patterns) into files, leaving out those that match an
 ignore glob (``[tool.bnfold] ignore`` or ``--ignore``, see ``bnfold.config``); ``check_file`` folds one model in
 memory (or, with ``fix``, rewrites it through ``pipeline.optimize``: validated, atomic) and records
-what it found; ``render`` formats the results as text, one JSON document, or GitHub Actions
-annotations.
+what it found (nothing is read further when ``bnfold.quickscan`` proves from the file's bytes that
+there is nothing to find); ``render`` formats the results as text, one JSON document, or GitHub
+Actions annotations.
 
 Exit codes (``exit_code``): 2 when a PATH matched nothing or a file could not be read; else 1 when
 a finding is left (without ``fix``) or a fix failed validation (the file is untouched); else 0;
@@ -22,17 +23,20 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from . import jsonout, scan
+from . import quickscan, scan
 from . import signals, staging
 from .config import is_ignored
 from .errors import BnfoldError
-from .rules import Fold, Refusal, Rule
 from .text import printable
-from .validation import ValidationOptions, failure_reason
+
+if TYPE_CHECKING:  # imported where used: a clean file is checked without onnx (bnfold.quickscan)
+    from .rules import Fold, Refusal, Rule
+    from .validation import ValidationOptions
 
 FORMATS = ("text", "json", "github")
 #: ``FileCheck.interrupted``: a fix in progress was undone (the file is untouched); the file was
@@ -64,7 +68,7 @@ class FileCheck:
     unproven: bool = False  # fixed although validation could not prove it (accept_unproven)
 
     def to_dict(self, verbose: bool = False) -> dict:
-        d = {"path": self.path, "findings": [f.to_dict() for f in self.findings]}
+        d: dict[str, object] = {"path": self.path, "findings": [f.to_dict() for f in self.findings]}
         if verbose:
             d["refusals"] = [r.to_dict() for r in self.refusals]
         d.update(error=self.error, fixed=self.fixed, unproven=self.unproven, interrupted=self.interrupted)
@@ -126,22 +130,31 @@ def check_file(
     fix: bool = False,
     rules: Sequence[Rule] | None = None,
     validation: ValidationOptions | None = None,
+    disable: Collection[str] = (),
 ) -> FileCheck:
     """Fold ``item.path`` in memory and record folds and refusals; with ``fix``, apply them.
 
-    ``rules`` default to every rule. The fix only runs when there is something to fold (an
-    unchanged file is not rewritten); the file is replaced atomically and only after validation
-    (``validation``, default options) passed, or could not prove the fold and
-    ``validation.accept_unproven`` allows it.
+    ``rules`` default to every rule but those named in ``disable``. The fix only runs when there
+    is something to fold (an unchanged file is not rewritten); the file is replaced atomically and
+    only after validation (``validation``, default options) passed, or could not prove the fold and
+    ``validation.accept_unproven`` allows it. A file ``quickscan`` proves clean (nothing to fold,
+    refuse or complain about, whichever of bnfold's rules run) is not read any further.
     """
     if item.error:
         return item
+    if _default_rules(rules) and quickscan.is_clean(item.path):
+        return item
     from .folding import fold
-    from .io import read_model
+    from .io import ModelFile
+    from .validation import ValidationOptions
 
+    quickscan.attach_checker()
+    if rules is None and disable:
+        from .rules import DEFAULT_RULES
+
+        rules = tuple(r for r in DEFAULT_RULES if r.name not in disable)
     try:
-        model, _ = read_model(item.path, lazy=True)
-        result = fold(model, rules, in_place=True, base_dir=Path(item.path).parent)
+        result = fold(ModelFile.read(item.path, lazy=True), rules, in_place=True)
         item.findings, item.refusals = list(result.folds), list(result.refusals)
         if fix and item.findings:
             _fix(item, rules, validation or ValidationOptions())
@@ -152,11 +165,21 @@ def check_file(
     return item
 
 
+def _default_rules(rules: Sequence[Rule] | None) -> bool:
+    """Whether ``rules`` are bnfold's own (all of them, or some): what ``quickscan`` knows about."""
+    if rules is None:
+        return True
+    from .rules import DEFAULT_RULES  # imported already by whoever holds the rules
+
+    return all(any(rule is own for own in DEFAULT_RULES) for rule in rules)
+
+
 def _fix(item: FileCheck, rules: Sequence[Rule] | None, validation: ValidationOptions) -> None:
     """Exactly what ``bnfold optimize --in-place`` does, with the chosen rules."""
     from .io import check_names
     from .options import OptimizeOptions
     from .pipeline import optimize
+    from .validation import failure_reason
 
     check_names(item.path, os.path.realpath(item.path))
     options = OptimizeOptions(in_place=True, validation=validation, rules=None if rules is None else tuple(rules))
@@ -179,19 +202,21 @@ def run_check(
     rules: Sequence[Rule] | None = None,
     ignore: Sequence[tuple[Path, str]] = (),
     validation: ValidationOptions | None = None,
+    disable: Collection[str] = (),
 ) -> tuple[list[FileCheck], signals.Interrupted | None]:
     """``collect`` then ``check_file`` on each: every file is checked whatever happened to the others.
 
     Returns the checks and the ``signals.Interrupted`` that stopped the run early (None if none):
     then the file in progress is rolled back (or fixed, if its output had moved into place just
-    before) and those after it are not started.
+    before) and those after it are not started. ``disable``: rules that do not run, by name (with
+    ``rules`` None; the rules are imported only for a file ``quickscan`` does not prove clean).
     """
     checks = collect(paths, ignore)
     done, mark = 0, staging.commit_count()
     try:
         for item in checks:
             mark = staging.commit_count()
-            check_file(item, fix=fix, rules=rules, validation=validation)
+            check_file(item, fix=fix, rules=rules, validation=validation, disable=disable)
             done += 1
         return checks, None
     except signals.Interrupted as exc:
@@ -256,6 +281,8 @@ def render(checks: list[FileCheck], fmt: str = "text", *, verbose: bool = False,
                 "interrupted": interrupted.name if interrupted is not None else None,
             },
         }
+        from . import jsonout
+
         return [jsonout.dumps(doc)], err
     out: list[str] = []
     for c in checks:
@@ -289,7 +316,7 @@ def _text_lines(c: FileCheck, verbose: bool) -> list[str]:
 def _github_lines(c: FileCheck, verbose: bool) -> list[str]:
     """GitHub Actions workflow commands (``::warning file=...,title=...::message``)."""
     where = f"file={_gh_property(c.path)},title=bnfold"
-    if c.unreadable:
+    if c.unreadable and c.error is not None:  # (an unreadable file always has its error)
         return [f"::error {where}::{_gh_data(c.error)}"]
     if c.fixed:
         lines = [f"::notice {where}::{_gh_data(describe_fixed(c))}"]

@@ -14,10 +14,12 @@ import functools
 import os
 import sys
 import traceback
+from collections.abc import Sequence
+from typing import Any, NoReturn
 
 import click
 
-from . import jsonout, signals
+from . import signals
 
 from .errors import EXIT_FAILED as EXIT_VALIDATION_FAILED
 from .errors import EXIT_OK, EXIT_UNPROVEN, EXIT_USAGE
@@ -40,12 +42,18 @@ class _BnfoldGroup(click.Group):
     #: Set by ``--debug`` (on the group or a command, see ``_debug_option``) while the arguments are parsed.
     debug = False
 
-    def main(self, args=None, prog_name=None, **extra):
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> NoReturn:
+        """click's ``main``, always standalone (``standalone_mode`` is ignored): it exits with the code."""
         args = list(sys.argv[1:] if args is None else args)
-        extra.pop("standalone_mode", None)
+        if complete_var is not None:
+            extra["complete_var"] = complete_var
         self.debug = False
-        with signals.raising():
-            code = self._run(args, prog_name, extra)
+        try:
+            with signals.raising():
+                code = self._run(args, prog_name, extra)
+        finally:
+            _diagnostics_off()  # --debug's handler goes with the command (the CLI may run in a caller's process)
         sys.exit(code or 0)
 
     def _run(self, args, prog_name, extra: dict) -> int:
@@ -86,10 +94,45 @@ def _debug_option(expose: bool = True):
         root = ctx.find_root().command
         if value and isinstance(root, _BnfoldGroup):
             root.debug = True
+        if value:
+            _diagnostics_on_stderr()
         return bool(value) or bool(getattr(root, "debug", False))
 
     return click.option("--debug", is_flag=True, is_eager=True, expose_value=expose, callback=remember,
-                        help="Show tracebacks.")
+                        help="Show tracebacks, and bnfold's diagnostics (its logger at DEBUG) on stderr.")
+
+
+def _diagnostics_on_stderr() -> None:
+    """The ``bnfold`` logger at DEBUG, written to whatever ``sys.stderr`` is when a record comes
+    (one handler however often it is asked for)."""
+    import logging
+
+    from .logs import ROOT
+
+    class ToStderr(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            try:
+                sys.stderr.write(self.format(record) + "\n")
+            except Exception:  # noqa: BLE001 - logging's own convention
+                self.handleError(record)
+
+    log = logging.getLogger(ROOT)
+    if not any(getattr(h, "bnfold_cli", False) for h in log.handlers):
+        handler = ToStderr()
+        handler.bnfold_cli = True  # type: ignore[attr-defined]  # marks the handler _diagnostics_off removes
+        handler.setFormatter(logging.Formatter("bnfold: debug: %(name)s: %(message)s"))
+        log.addHandler(handler)
+    log.setLevel(logging.DEBUG)
+
+
+def _diagnostics_off() -> None:
+    logging = sys.modules.get("logging")
+    if logging is None:
+        return
+    log = logging.getLogger("bnfold")
+    for handler in [h for h in log.handlers if getattr(h, "bnfold_cli", False)]:
+        log.removeHandler(handler)
+        log.setLevel(logging.NOTSET)
 
 
 def _rule_options(command):
@@ -102,21 +145,29 @@ def _rule_options(command):
 
 
 def _settings(disable, ignore):
-    """(settings, rules or None, ignore globs) from ``[tool.bnfold]`` and the flags; a warning if unreadable."""
+    """(settings, names of the rules that do not run, ignore globs) from ``[tool.bnfold]`` and the
+    flags; a warning if unreadable."""
     from pathlib import Path
 
     from .config import check_globs, check_rule_names, load_settings
-    from .rules import DEFAULT_RULES
 
     settings = load_settings(Path.cwd())
     if settings.warning:
         click.echo(f"bnfold: warning: {settings.warning}", err=True)
     check_rule_names(disable, "--disable")
     check_globs(ignore, "--ignore")
-    disabled = {*settings.disable, *disable}
-    rules = tuple(r for r in DEFAULT_RULES if r.name not in disabled) if disabled else None
+    disabled = frozenset({*settings.disable, *disable})
     globs = [(settings.root, g) for g in settings.ignore] + [(Path.cwd(), g) for g in ignore]
-    return settings, rules, globs
+    return settings, disabled, globs
+
+
+def _rules(disabled: frozenset[str]):
+    """The rules that run: every rule (None) unless some are disabled."""
+    if not disabled:
+        return None
+    from .rules import DEFAULT_RULES
+
+    return tuple(r for r in DEFAULT_RULES if r.name not in disabled)
 
 
 def _input_options(command):
@@ -287,7 +338,7 @@ def optimize(models, output, in_place, validate, input_shapes, seed, validation,
       bnfold optimize models/resnet_stack.onnx --bench --time-budget 5
     """
     from .batch import is_batch
-    from .errors import BnfoldError
+    from .errors import BnfoldError, UsageError
     from .options import OptimizeOptions
     from .pipeline import optimize as run_optimize
     from .validation import parse_input_shapes
@@ -296,14 +347,14 @@ def optimize(models, output, in_place, validate, input_shapes, seed, validation,
     try:
         shapes = parse_input_shapes(input_shapes)
     except ValueError as exc:
-        raise BnfoldError(str(exc)) from None
-    settings, rules, globs = _settings(disable, ignore)
+        raise UsageError(str(exc)) from None
+    settings, disabled, globs = _settings(disable, ignore)
     options = OptimizeOptions(in_place=in_place, validate_output=validate,
                               validation=_validation(validation, shapes, seed, settings), external_data=external_data,
-                              rules=rules)
+                              rules=_rules(disabled))
     if is_batch(models):
         if bench:
-            raise BnfoldError("--bench measures one model at a time; give a single MODEL file")
+            raise UsageError("--bench measures one model at a time; give a single MODEL file")
         return _optimize_batch(models, output, options.checked(), globs, jobs, fmt, debug)
     [model] = models
     if output is not None and os.path.isdir(output):  # an existing folder: the result keeps the file's name
@@ -336,6 +387,8 @@ def optimize(models, output, in_place, validate, input_shapes, seed, validation,
     except Exception as exc:  # name the file in the one-line error
         raise _InternalError(model, exc) from exc
     if fmt == "json":
+        from . import jsonout
+
         click.echo(jsonout.dumps(report.to_dict()))
     elif fmt in ("markdown", "github"):
         from . import formats
@@ -350,42 +403,45 @@ def optimize(models, output, in_place, validate, input_shapes, seed, validation,
     if report.bench_error:
         why = "it validated" if report.validation is not None else "validation was off"
         click.echo(f"bnfold: warning: {' '.join(report.bench_error.split())} (the output was written: {why})", err=True)
+    reason = report.validation.reason if report.validation is not None else None  # (there is one when it ran)
     if report.unproven_accepted:
+        from .validation import failure_reason
+
         click.echo(f"bnfold: warning: {model}: written although validation could not prove the fold "
-                   f"({' '.join(report.validation.reason.split())}; --accept-unproven)", err=True)
+                   f"({' '.join(failure_reason(reason).split())}; --accept-unproven)", err=True)
     if not report.ok:
         from .validation import failure_reason
 
         if report.verdict == "unproven":
-            _fail(f"{model}: validation could not prove the fold ({failure_reason(report.validation.reason)}); "
+            _fail(f"{model}: validation could not prove the fold ({failure_reason(reason)}); "
                   "nothing written (--accept-unproven writes it)")
             return EXIT_UNPROVEN
-        _fail(f"{model}: validation failed ({failure_reason(report.validation.reason)}); nothing written")
+        _fail(f"{model}: validation failed ({failure_reason(reason)}); nothing written")
         return EXIT_VALIDATION_FAILED
     return EXIT_OK
 
 
 def _optimize_batch(models, output, options, ignore, jobs, fmt, debug) -> int:
     """``bnfold optimize`` on several files: see ``bnfold.batch``."""
-    from rich.console import Console
-
     from . import batch
-    from .errors import BnfoldError
+    from .errors import UsageError
 
     in_place = options.in_place
     if output is not None and in_place:
-        raise BnfoldError("--in-place and an output folder contradict each other; give one")
+        raise UsageError("--in-place and an output folder contradict each other; give one")
     if output is not None and os.path.exists(output) and not os.path.isdir(output):
-        raise BnfoldError(f"{output}: with several models the output must be a folder, and this is a file")
+        raise UsageError(f"{output}: with several models the output must be a folder, and this is a file")
     todo = batch.collect_jobs(models, output, in_place=in_place, external_data=options.external_data, ignore=ignore)
     if all(j.error for j in todo):  # nothing to fold: the errors alone, no report
         for job in todo:
-            _fail(job.error)
+            if job.error:  # (every one)
+                _fail(job.error)
         return EXIT_USAGE
     if output is not None:
         os.makedirs(output, exist_ok=True)
     if sys.stderr.isatty():  # a progress bar only for a person watching; CliRunner and pipes stay clean
         from rich import progress as bar
+        from rich.console import Console
 
         columns = (bar.TextColumn("folding"), bar.BarColumn(), bar.MofNCompleteColumn(), bar.TimeElapsedColumn())
         progress = bar.Progress(*columns, console=Console(stderr=True), transient=True)
@@ -400,6 +456,8 @@ def _optimize_batch(models, output, options, ignore, jobs, fmt, debug) -> int:
     else:
         outcomes, interrupted = batch.run_jobs(todo, options, workers=jobs, debug=debug)
     if fmt == "json":
+        from . import jsonout
+
         click.echo(jsonout.dumps(batch.to_json(outcomes, interrupted)))
     elif fmt in ("markdown", "github"):
         from . import formats
@@ -407,6 +465,8 @@ def _optimize_batch(models, output, options, ignore, jobs, fmt, debug) -> int:
         click.echo((formats.batch_markdown if fmt == "markdown" else formats.batch_github)(outcomes, interrupted),
                    nl=False)
     else:
+        from rich.console import Console  # only for text: JSON, markdown and annotations need no rich
+
         batch.render_summary(outcomes, Console(highlight=False, soft_wrap=False), interrupted)
     for outcome in outcomes:
         if debug and outcome.traceback:
@@ -446,9 +506,14 @@ def check(paths, fix, fmt, verbose, disable, ignore, validation, debug) -> int:
     """
     from .check import exit_code, render, run_check
 
-    settings, rules, globs = _settings(disable, ignore)
-    validation = _validation(validation, {}, 0, settings)
-    checks, interrupted = run_check(paths, fix=fix, rules=rules, ignore=globs, validation=validation)
+    settings, disabled, globs = _settings(disable, ignore)
+    # Validation runs only with --fix; without it the flags are still checked (a bad --atol is a
+    # usage error), and only the tolerance flags can be wrong (click and [tool.bnfold] check the rest).
+    if fix or validation.get("atol") is not None or validation.get("rtol") is not None:
+        validation = _validation(validation, {}, 0, settings)
+    else:
+        validation = None  # bnfold.validation imports onnx and numpy
+    checks, interrupted = run_check(paths, fix=fix, ignore=globs, validation=validation, disable=disabled)
     out, err = render(checks, "text" if fmt == "markdown" else fmt, verbose=verbose, interrupted=interrupted)
     if fmt == "markdown":
         from .formats import check_markdown
@@ -499,7 +564,7 @@ def bench(model, folded, runs, time_budget, warmup, threads, provider, rounds, c
       bnfold bench original.onnx folded.onnx --threads 1 --time-budget 30 --json > latency.json
       bnfold bench models/resnet_stack.onnx --plot latency.png
     """
-    from .errors import BnfoldError
+    from .errors import BnfoldError, UsageError
     from .latency.runner import BenchOptions
     from .latency.runner import bench as run_bench
     from .validation import parse_input_shapes
@@ -507,7 +572,7 @@ def bench(model, folded, runs, time_budget, warmup, threads, provider, rounds, c
     try:
         shapes = parse_input_shapes(input_shapes)
     except ValueError as exc:
-        raise BnfoldError(str(exc)) from None
+        raise UsageError(str(exc)) from None
     if plot is not None:  # before measuring: a missing matplotlib or an unwritable path must not waste the run
         from .latency.plot import check_destination, require_matplotlib
 
@@ -527,6 +592,8 @@ def bench(model, folded, runs, time_budget, warmup, threads, provider, rounds, c
     except Exception as exc:  # name the file in the one-line error
         raise _InternalError(model, exc) from exc
     if as_json:
+        from . import jsonout
+
         click.echo(jsonout.dumps(result.to_dict()))
     else:
         from rich.console import Console

@@ -17,7 +17,7 @@ never leak into a nested one). ``ignore`` globs are relative to that file's fold
 Reading TOML needs ``tomllib`` (Python 3.11+) or the ``tomli`` package; on Python 3.10 without
 ``tomli`` the settings are not read, and ``Settings.warning`` says so when the file has a
 ``[tool.bnfold]`` table. An unknown key, a value of the wrong type or an unknown rule name is a
-``BnfoldError`` naming it (the CLI turns it into one line and exit 2).
+``UsageError`` naming it (the CLI turns it into one line and exit 2).
 """
 
 from __future__ import annotations
@@ -26,15 +26,16 @@ import functools
 import math
 import os
 import re
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import BnfoldError
+from .errors import UsageError
 
-try:
+if sys.version_info >= (3, 11):
     import tomllib as _toml
-except ModuleNotFoundError:  # Python 3.10
+else:  # Python 3.10
     try:
         import tomli as _toml
     except ModuleNotFoundError:
@@ -79,7 +80,7 @@ def find_pyproject(start: Path) -> Path | None:
 def load_settings(start: Path, rule_names: Iterable[str] | None = None) -> Settings:
     """Read ``[tool.bnfold]`` from the pyproject.toml nearest to ``start``.
 
-    ``rule_names`` are the names ``disable`` may use (default: those of ``DEFAULT_RULES``).
+    ``rule_names`` are the names ``disable`` may use (default: ``RULE_NAMES``, those of ``DEFAULT_RULES``).
     """
     path = find_pyproject(start)
     if path is None:
@@ -94,13 +95,13 @@ def load_settings(start: Path, rule_names: Iterable[str] | None = None) -> Setti
         with path.open("rb") as f:
             doc = _toml.load(f)
     except (_toml.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise BnfoldError(f"{path}: invalid TOML: {exc}") from None
+        raise UsageError(f"{path}: invalid TOML: {exc}") from None
     tool = doc.get("tool", {})
     if not isinstance(tool, dict):
-        raise BnfoldError(f"{path}: 'tool' must be a table, not {tool!r}")
+        raise UsageError(f"{path}: 'tool' must be a table, not {tool!r}")
     table = tool.get("bnfold", {})
     if not isinstance(table, dict):
-        raise BnfoldError(f"{path}: [tool.bnfold] must be a table, not {table!r}")
+        raise UsageError(f"{path}: [tool.bnfold] must be a table, not {table!r}")
     return _parse(table, path, rule_names)
 
 
@@ -108,43 +109,47 @@ def _parse(table: dict, path: Path, rule_names: Iterable[str] | None) -> Setting
     where = f"{path}: [tool.bnfold]"
     for key in table:
         if key not in KEYS:
-            raise BnfoldError(f"{where}: unknown key '{key}' (known: {', '.join(KEYS)})")
-    tolerances = {}
+            raise UsageError(f"{where}: unknown key '{key}' (known: {', '.join(KEYS)})")
+    tolerances: dict[str, float | None] = {}
     for key in ("atol", "rtol"):
         value = table.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
-            raise BnfoldError(f"{where}: '{key}' must be a number >= 0, not {value!r}")
+            raise UsageError(f"{where}: '{key}' must be a number >= 0, not {value!r}")
         if value is not None and not math.isfinite(value):  # TOML has nan and inf; neither is a tolerance
-            raise BnfoldError(f"{where}: '{key}' must be a finite number, not {value!r}")
+            raise UsageError(f"{where}: '{key}' must be a finite number, not {value!r}")
         tolerances[key] = None if value is None else float(value)
     lists = {}
     for key in ("disable", "ignore"):
         value = table.get(key, [])
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise BnfoldError(f"{where}: '{key}' must be a list of strings, not {value!r}")
+            raise UsageError(f"{where}: '{key}' must be a list of strings, not {value!r}")
         lists[key] = tuple(value)
     check_rule_names(lists["disable"], f"{where}: 'disable'", rule_names)
     check_globs(lists["ignore"], f"{where}: 'ignore'")
     reference = table.get("reference")
     if reference is not None and reference not in ("original", "float64"):
-        raise BnfoldError(f"{where}: 'reference' must be \"original\" or \"float64\", not {reference!r}")
+        raise UsageError(f"{where}: 'reference' must be \"original\" or \"float64\", not {reference!r}")
     accept = table.get("accept_unproven")
     if accept is not None and not isinstance(accept, bool):
-        raise BnfoldError(f"{where}: 'accept_unproven' must be true or false, not {accept!r}")
-    return Settings(**tolerances, reference=reference, accept_unproven=accept, disable=lists["disable"],
-                    ignore=lists["ignore"], root=path.parent)
+        raise UsageError(f"{where}: 'accept_unproven' must be true or false, not {accept!r}")
+    return Settings(atol=tolerances["atol"], rtol=tolerances["rtol"], reference=reference, accept_unproven=accept,
+                    disable=lists["disable"], ignore=lists["ignore"], root=path.parent)
+
+
+#: The names of ``bnfold.rules.DEFAULT_RULES``, in their order (``tests/test_config.py`` keeps the two
+#: equal): names are checked without importing the rules, which import onnx and onnx-graphsurgeon.
+RULE_NAMES = (
+    "conv-bn", "convtranspose-bn", "gemm-bn", "matmul-bn", "qdq-bn", "concat-bn", "bn-layout-linear", "bn-linear",
+    "affine-linear", "qdq-affine", "bn-scale", "activation-scale",
+)
 
 
 def check_rule_names(names: Iterable[str], where: str, rule_names: Iterable[str] | None = None) -> None:
-    """Raise BnfoldError naming the first of ``names`` that is not a rule."""
-    if rule_names is None:
-        from .rules import DEFAULT_RULES
-
-        rule_names = [r.name for r in DEFAULT_RULES]
-    known = list(rule_names)
+    """Raise UsageError naming the first of ``names`` that is not a rule (default: ``RULE_NAMES``)."""
+    known = list(RULE_NAMES if rule_names is None else rule_names)
     for name in names:
         if name not in known:
-            raise BnfoldError(f"{where}: unknown rule '{name}' (rules: {', '.join(known)})")
+            raise UsageError(f"{where}: unknown rule '{name}' (rules: {', '.join(known)})")
 
 
 # -- ignore globs ----------------------------------------------------------------------------
@@ -207,12 +212,12 @@ def _char_class(body: str, pattern: str) -> str:
 
 
 def check_globs(patterns: Iterable[str], where: str) -> None:
-    """BnfoldError naming the first of ``patterns`` that is not a valid ignore glob."""
+    """UsageError naming the first of ``patterns`` that is not a valid ignore glob."""
     for pattern in patterns:
         try:
             glob_regex(_polarity(pattern)[1])
         except (ValueError, re.error) as exc:
-            raise BnfoldError(f"{where}: '{pattern}' is not a valid glob ({exc})") from None
+            raise UsageError(f"{where}: '{pattern}' is not a valid glob ({exc})") from None
 
 
 def _polarity(pattern: str) -> tuple[bool, str]:

@@ -11,11 +11,12 @@ these are computed here. ``evaluate`` returns None for anything it does not hand
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 
 Inputs = list  # list[np.ndarray | None], in the node's input order
-Attrs = Mapping[str, object]
+Attrs = Mapping[str, Any]  # onnx-graphsurgeon's node.attrs: ints, floats, lists, strings, tensors
 
 
 def _ints(value) -> list[int] | None:

@@ -8,6 +8,8 @@ such node from constant inputs; ``FoldGraph.constant`` walks the producers recur
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
@@ -34,13 +36,22 @@ FOLDABLE_CONSTANT_OPS = frozenset(
 MAX_CONSTANT_ELEMENTS = 1 << 26
 
 
-def tensor_value(tensor: gs.Constant, base_dir: str | None = None) -> np.ndarray:
+class TensorReader(Protocol):
+    """Reads the values of a tensor whose data is not in memory (``data_location`` EXTERNAL).
+
+    What the engine is handed for a model read lazily (``bnfold.io.ModelFile.read_tensor``): the
+    I/O layer knows the model's files and checks the reads; the engine only asks for values.
+    """
+
+    def __call__(self, tensor: onnx.TensorProto, /) -> np.ndarray: ...
+
+
+def tensor_value(tensor: gs.Constant, read: TensorReader | None = None) -> np.ndarray:
     """The exact values of a gs.Constant, read straight from its TensorProto when it has one.
 
     onnx-graphsurgeon converts dtypes NumPy lacks (bfloat16) when it loads values itself;
     ``numpy_helper.to_array`` keeps them (as ml_dtypes arrays). A tensor whose data is still on
-    disk (a model read lazily, see ``bnfold.io.read_model``) is read from ``base_dir``; without
-    one it is not a usable constant.
+    disk (a model read lazily) is read through ``read``; without one it is not a usable constant.
     """
     lazy = tensor._values
     if isinstance(lazy, gs.ir.tensor.SparseValues):
@@ -48,11 +59,9 @@ def tensor_value(tensor: gs.Constant, base_dir: str | None = None) -> np.ndarray
     if isinstance(lazy, gs.ir.tensor.LazyValues) and isinstance(lazy.tensor, onnx.TensorProto):
         proto = lazy.tensor
         if proto.data_location == onnx.TensorProto.EXTERNAL:
-            if base_dir is None:
+            if read is None:
                 raise NoFold(f"'{proto.name}' keeps its data in an external file that was not loaded")
-            from .io import external_array
-
-            return external_array(proto, base_dir)
+            return read(proto)
         return numpy_helper.to_array(proto)
     return np.asarray(tensor.values)
 
@@ -135,10 +144,14 @@ def evaluate_node(node: gs.Node, inputs: list[np.ndarray | None], opset: int) ->
     check_evaluable(node)
     if node.op == "Constant":
         return [_constant_node_value(node)]
-    if node.op == "Identity":
-        return [inputs[0]]
-    if node.op == "ConstantOfShape":
-        shape = [int(d) for d in np.asarray(inputs[0]).ravel()]
+    if node.op in ("Identity", "ConstantOfShape"):  # input 0 required (onnx.checker says so; fold() does not ask it)
+        first = inputs[0] if inputs else None
+        if first is None:
+            article = "an" if node.op == "Identity" else "a"
+            raise NoFold(f"'{node.outputs[0].name}' comes from {_label(node)}{article} {node.op} node without its input")
+        if node.op == "Identity":
+            return [first]
+        shape = [int(d) for d in np.asarray(first).ravel()]
         if int(np.prod(shape, dtype=np.int64)) > MAX_CONSTANT_ELEMENTS:
             raise NoFold(f"ConstantOfShape '{node.name}' would be too large to evaluate")
         fill = _attr_value(node.attrs["value"]) if "value" in node.attrs else np.zeros(1, np.float32)
@@ -153,7 +166,7 @@ def evaluate_node(node: gs.Node, inputs: list[np.ndarray | None], opset: int) ->
     outputs = [f"o{k}" for k in range(len(node.outputs))]
     attrs = {k: _to_proto_attr(v) for k, v in node.attrs.items()}
     proto = onnx.helper.make_node(node.op, names, outputs, **attrs)
-    feeds = {n: v for n, v in zip(names, inputs) if n}
+    feeds = {n: v for n, v in zip(names, inputs) if v is not None}  # the named ones
     # A one-node model, so that the node runs at the model's opset (a bare NodeProto runs at the
     # newest one, where e.g. Unsqueeze takes axes as an input instead of an attribute).
     graph = onnx.helper.make_graph(

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import os
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import onnx
 
-from .errors import BnfoldError
+from .errors import UsageError
 
 KINDS = ("normal", "image", "wide")
 
@@ -60,21 +61,32 @@ def set_label(kind: int) -> str:
 
 
 def load_npz(path: str | os.PathLike, limit: int) -> dict[str, np.ndarray]:
-    """One feed dict from an ``.npz`` file; BnfoldError for anything else (or above ``limit`` bytes)."""
+    """One feed dict from an ``.npz`` file; UsageError for anything else (or above ``limit`` bytes)."""
     path = Path(path)
     from .scan import is_regular, kind_of
 
     if not is_regular(path):
-        raise BnfoldError(f"{path}: {kind_of(path)}, not a regular .npz file of inputs")
+        raise UsageError(f"{path}: {kind_of(path)}, not a regular .npz file of inputs")
     try:
         with zipfile.ZipFile(path) as archive:
             size = sum(info.file_size for info in archive.infolist())
         if size > limit:
-            raise BnfoldError(f"{path}: its arrays take {size} bytes, more than bnfold allows ({limit})")
+            raise UsageError(f"{path}: its arrays take {size} bytes, more than bnfold allows ({limit})")
         with np.load(path, allow_pickle=False) as data:
             return {name: np.asarray(data[name]) for name in data.files}
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise BnfoldError(f"{path}: not an .npz file of inputs ({' '.join(str(exc).split())})") from None
+        raise UsageError(f"{path}: not an .npz file of inputs ({' '.join(str(exc).split())})") from None
+
+
+def save_npz(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]) -> None:
+    """``np.savez(path, **arrays)`` for any names: as keywords, an input named ``file`` or
+    ``allow_pickle`` would be savez's own parameter (a TypeError, or an array silently dropped).
+    The same file: one uncompressed ``<name>.npy`` member per array, in order (an object array pickled,
+    as savez does; ``load_npz`` refuses it)."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, value in arrays.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=True)
 
 
 def expand_paths(paths) -> list[Path]:
@@ -84,23 +96,23 @@ def expand_paths(paths) -> list[Path]:
         if p.is_dir():
             found = sorted(f for f in p.glob("*.npz") if f.is_file())
             if not found:
-                raise BnfoldError(f"{p}: no .npz file of inputs in this folder")
+                raise UsageError(f"{p}: no .npz file of inputs in this folder")
             files += found
         elif p.exists():
             files.append(p)
         else:
-            raise BnfoldError(f"{p}: no such file of inputs")
+            raise UsageError(f"{p}: no such file of inputs")
     return files
 
 
 def check_set(label: str, feeds: dict[str, np.ndarray], model_inputs: list[onnx.ValueInfoProto]) -> dict[str, np.ndarray]:
-    """``feeds``, or BnfoldError unless it has exactly the model's inputs, with their dtypes, ranks and
+    """``feeds``, or UsageError unless it has exactly the model's inputs, with their dtypes, ranks and
     static dims. (``.npz`` keeps bfloat16 as 2-byte void: read as bfloat16 where the model takes it.)"""
     names = [vi.name for vi in model_inputs]
     missing, extra = sorted(set(names) - set(feeds)), sorted(set(feeds) - set(names))
     if missing or extra:
         what = f"misses {', '.join(missing)}" if missing else f"has no input named {', '.join(extra)}"
-        raise BnfoldError(f"{label}: the model's inputs are {', '.join(names)}; this set {what}")
+        raise UsageError(f"{label}: the model's inputs are {', '.join(names)}; this set {what}")
     feeds = dict(feeds)
     for vi in model_inputs:
         value = feeds[vi.name]
@@ -108,14 +120,14 @@ def check_set(label: str, feeds: dict[str, np.ndarray], model_inputs: list[onnx.
         if np.dtype(dtype).name == "bfloat16" and value.dtype.kind == "V" and value.dtype.itemsize == 2:
             value = feeds[vi.name] = value.view(dtype)
         if value.dtype != dtype:
-            raise BnfoldError(f"{label}: input '{vi.name}' is {value.dtype.name}, the model takes {np.dtype(dtype).name}")
+            raise UsageError(f"{label}: input '{vi.name}' is {value.dtype.name}, the model takes {np.dtype(dtype).name}")
         dims = vi.type.tensor_type.shape.dim if vi.type.tensor_type.HasField("shape") else None
         if dims is None:
             continue
         if len(dims) != value.ndim:
-            raise BnfoldError(f"{label}: input '{vi.name}' has rank {value.ndim}, the model takes rank {len(dims)}")
+            raise UsageError(f"{label}: input '{vi.name}' has rank {value.ndim}, the model takes rank {len(dims)}")
         for axis, (dim, size) in enumerate(zip(dims, value.shape)):
             if dim.HasField("dim_value") and dim.dim_value >= 0 and dim.dim_value != size:
-                raise BnfoldError(f"{label}: input '{vi.name}' has size {size} on axis {axis}, the model takes "
+                raise UsageError(f"{label}: input '{vi.name}' has size {size} on axis {axis}, the model takes "
                                   f"{dim.dim_value}")
     return feeds

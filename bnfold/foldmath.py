@@ -3,7 +3,9 @@
 BatchNormalization in inference computes ``y = gamma * (x - mean) / sqrt(var + eps) + beta``,
 i.e. the per-channel affine map ``y = s * x + t`` with ``s = gamma / sqrt(var + eps)`` and
 ``t = beta - mean * s``. A linear op ``x = W * u + b`` followed by it is the linear op with
-``W' = s * W`` (scaled along the weight's output-channel axis) and ``b' = s * b + t``.
+``W' = s * W`` (scaled along the weight's output-channel axis: ``scale_along_axis``,
+``scale_cast_checked``) and ``b' = s * b + t``; ``rules/_linear.py`` applies that to each op type
+(``fold_affine``), since where the channels sit and how the bias is stored differ per op.
 
 All math runs in float64; results are cast once to the weight's dtype by ``cast_checked``, which
 refuses casts that overflow or lose precision the unfolded graph did not lose.
@@ -44,17 +46,6 @@ def scale_along_axis(weight: np.ndarray, scale: np.ndarray, axis: int) -> np.nda
     shape[axis] = scale.size
     # One float64 result, the weight converted on the fly (no float64 copy of it first): 5x faster.
     return np.multiply(weight, np.asarray(scale, dtype=np.float64).reshape(shape), dtype=np.float64)
-
-
-def fold_affine_into_linear(weight, bias, s: np.ndarray, t: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
-    """Fold ``y = s * (W u + b) + t`` into ``y = W' u + b'``; returns float64 ``(W', b')``.
-
-    ``axis`` is the weight axis that carries the output channels (0 for Conv). ``bias`` may be
-    None (no bias: b = 0).
-    """
-    w_new = scale_along_axis(weight, s, axis)
-    b = np.zeros_like(s) if bias is None else np.asarray(bias, dtype=np.float64).reshape(s.shape)
-    return w_new, b * s + t
 
 
 def _is_float(dtype: np.dtype) -> bool:

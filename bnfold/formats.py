@@ -191,8 +191,9 @@ def _report_sections(doc: dict, level: int) -> list[str]:
     folds, refusals = doc["folds"], doc["refusals"]
     if folds:
         saved = (doc.get("savings") or {}).get("folds") or [None] * len(folds)
-        rows = [(_named(f["op"], f["node"]), _named(f["into_op"], f["into"]), escape(f["rule"]), _graph(f["graph"]),
-                 _saving(s)) for f, s in zip(folds, saved, strict=True)]
+        rows: list[tuple[str, ...]] = [
+            (_named(f["op"], f["node"]), _named(f["into_op"], f["into"]), escape(f["rule"]), _graph(f["graph"]),
+             _saving(s)) for f, s in zip(folds, saved, strict=True)]
         lines += [f"{h} Folded ({len(folds)})", "",
                   *_table(("node", "into", "rule", "graph", "saves per inference"), rows), ""]
         total = _savings_line(doc)

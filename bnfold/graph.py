@@ -19,6 +19,8 @@ loses IR-3 and overridable initializer inputs).
 from __future__ import annotations
 
 import sys
+import threading
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,11 +30,39 @@ import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 from onnx_graphsurgeon.logger.logger import G_LOGGER
 
-from .constants import MAX_CONSTANT_ELEMENTS, check_evaluable, evaluate_node, sparse_to_dense, tensor_value
+from .constants import MAX_CONSTANT_ELEMENTS, TensorReader, check_evaluable, evaluate_node, sparse_to_dense, tensor_value
 from .errors import NoFold
 from .foldmath import narrow
 
-G_LOGGER.severity = G_LOGGER.ERROR  # bnfold reports for itself; graphsurgeon's warnings are noise here
+
+
+class _QuietGraphsurgeon:
+    """graphsurgeon prints its warnings to stdout (``print``), and bnfold, a library, prints
+    nothing: while any fold runs, its logger is held at ERROR, and given back as it was when the
+    last concurrent fold ends (a count under a lock, so threads do not restore each other's
+    value). The user's own graphsurgeon calls outside a fold keep their severity."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._saved = G_LOGGER.severity
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._depth == 0:
+                self._saved = G_LOGGER.severity
+                G_LOGGER.severity = max(self._saved, G_LOGGER.ERROR)
+            self._depth += 1
+
+    def __exit__(self, *exc) -> None:
+        with self._lock:
+            self._depth -= 1
+            if self._depth == 0:
+                G_LOGGER.severity = self._saved
+
+
+#: ``with quiet_graphsurgeon:`` around everything that calls graphsurgeon (folding.fold).
+quiet_graphsurgeon = _QuietGraphsurgeon()
 
 #: Values up to this many elements are cached; larger ones (weights) are read once per fold, and
 #: caching them would hold a second copy of the model's weights.
@@ -40,6 +70,10 @@ MAX_CACHED_ELEMENTS = 1 << 16
 
 #: Give up evaluating a constant subgraph deeper than this: it is not a parameter any more.
 MAX_CONSTANT_DEPTH = 64
+
+
+class _TooDeep(NoFold):
+    """A constant subgraph deeper than MAX_CONSTANT_DEPTH below where the walk started."""
 
 
 def overridable_inputs(model: onnx.ModelProto) -> set[str]:
@@ -103,12 +137,16 @@ class ModelState:
     names: Names
     node_names: Names
     ir_version: int
-    base_dir: str | None = None  # where tensors with external data are read from (a lazily read model)
+    read: TensorReader | None = None  # reads tensors whose data is external (a lazily read model)
     constants: dict[int, tuple[gs.Tensor, np.ndarray]] = field(default_factory=dict)
     owner: dict[int, FoldGraph] = field(default_factory=dict)  # node id -> the scope it belongs to
     #: Tensor id -> the unrounded (float32) values of a float16/bfloat16 constant a fold wrote: the
     #: next fold of it starts from there, so a chain folded one op at a time is rounded once.
     shadows: dict[int, tuple[gs.Tensor, np.ndarray]] = field(default_factory=dict)
+    #: Tensor id -> why it is not a constant, as found since the last edit of any scope (every edit
+    #: clears it: an edit changes producers, and so the reasons). Rules ask the same question of
+    #: the same tensor many times (each rule matching a Mul/Add asks for its operands).
+    not_constant: dict[int, tuple[gs.Tensor, str]] = field(default_factory=dict)
 
 
 class FoldGraph:
@@ -165,12 +203,40 @@ class FoldGraph:
         """Whether ``node`` belongs to this scope (not to an enclosing or enclosed graph)."""
         return self.state.owner.get(id(node)) is self
 
+    def nodes_by_op(self, ops: Collection[str]) -> list[gs.Node]:
+        """This scope's live nodes whose op type is in ``ops``, in graph order (then the inserted ones)."""
+        return [n for n in self.graph.nodes if n.op in ops and id(n) not in self._removed]
+
+    def looks_constant(self, tensor: gs.Tensor) -> bool:
+        """Whether ``tensor`` is (structurally) a constant: an initializer, or computed from constants.
+
+        An initializer counts even when callers may override it: ``constant`` then refuses it with
+        that reason. Cheap for activations: ``constant`` stops at the first producer that is not an
+        op constants are made with.
+        """
+        if isinstance(tensor, gs.Constant):
+            return True
+        try:
+            self.constant(tensor)
+        except NoFold:
+            return False
+        return True
+
     def constant(self, tensor: gs.Tensor, depth: int = 0) -> np.ndarray:
         """The value of ``tensor`` if it is a constant here; NoFold says why not."""
         cached = self.state.constants.get(id(tensor))
         if cached is not None and cached[0] is tensor:
             return cached[1]
-        value = self._resolve(tensor, depth)
+        refused = self.state.not_constant.get(id(tensor))
+        if refused is not None and refused[0] is tensor:
+            raise NoFold(refused[1])
+        try:
+            value = self._resolve(tensor, depth)
+        except _TooDeep:
+            raise  # depends on where the walk started: not remembered
+        except NoFold as exc:
+            self.state.not_constant[id(tensor)] = (tensor, exc.reason)
+            raise
         if value.size <= MAX_CACHED_ELEMENTS:  # statistics are read more than once; weights are not
             self.state.constants[id(tensor)] = (tensor, value)
         return value
@@ -180,7 +246,7 @@ class FoldGraph:
         if name in self.ns.overridable:
             raise NoFold(f"'{name}' is an initializer also listed as a graph input, so callers may override it")
         if isinstance(tensor, gs.Constant):
-            return tensor_value(tensor, self.state.base_dir)
+            return tensor_value(tensor, self.state.read)
         node = self.producer(tensor)
         if node is None:
             if name in self._input_names:
@@ -188,7 +254,7 @@ class FoldGraph:
                 raise NoFold(f"'{name}' is {what}, not a constant")
             raise NoFold(f"'{name}' has no producer (an input of an enclosing graph)")
         if depth >= MAX_CONSTANT_DEPTH:
-            raise NoFold(f"'{name}' comes from a constant subgraph deeper than {MAX_CONSTANT_DEPTH} nodes")
+            raise _TooDeep(f"'{name}' comes from a constant subgraph deeper than {MAX_CONSTANT_DEPTH} nodes")
         check_evaluable(node)  # before walking further up: activations are refused at once
         if node.op == "Constant" and not node.attrs:  # graphsurgeon drops a sparse_value attribute
             return self._sparse_constant(node)
@@ -290,17 +356,33 @@ class FoldGraph:
         self._insert(after, node)
         return node
 
+    def new_tensor(self, base: str, dtype: Any = None, shape: list | None = None) -> gs.Variable:
+        """A new tensor that nothing produces or reads yet, with a fresh name derived from ``base``."""
+        return gs.Variable(self.fresh_name(base), dtype=dtype, shape=shape)
+
+    def insert_after(self, node: gs.Node, op: str, operands: list[gs.Tensor], *, name: str,
+                     output: str) -> gs.Node:
+        """A new ``op`` node between ``node`` and the readers of its first output ``y``: ``node``
+        produces a new tensor instead (named from ``output``, with y's dtype), which the new node
+        reads first and then ``operands``; the new node produces ``y``. Returns the new node."""
+        y = node.outputs[0]
+        self.replace_output(node, 0, self.new_tensor(output, dtype=y.dtype))
+        return self.add_node(op, [node.outputs[0], *operands], [y], after=node, name=name)
+
     def _insert(self, after: gs.Node | None, node: gs.Node) -> None:
+        self.state.not_constant.clear()
         self.graph.nodes.append(node)
         self._inserted.append((after, node))
         self.state.owner[id(node)] = self
 
     def set_attr(self, node: gs.Node, name: str, value: Any) -> None:
         """Set attribute ``name`` of ``node`` (an int, float, list or gs.Constant)."""
+        self.state.not_constant.clear()
         node.attrs[name] = value
         self._attr_edits.setdefault(id(node), {})[name] = value
 
     def _detach(self, node: gs.Node) -> list[gs.Tensor]:
+        self.state.not_constant.clear()
         inputs = [t for t in node.inputs if t.name]
         self.ns.vanished.update(t.name for t in node.outputs if t.name)
         node.inputs.clear()
@@ -330,6 +412,7 @@ class FoldGraph:
 
     def replace_input(self, node: gs.Node, index: int, tensor: gs.Tensor) -> None:
         """Make ``node`` read ``tensor`` at input ``index`` (appending empty optionals as needed)."""
+        self.state.not_constant.clear()
         while len(node.inputs) <= index:
             node.inputs.append(gs.Variable.empty())
         old = node.inputs[index]
@@ -340,11 +423,22 @@ class FoldGraph:
 
     def replace_output(self, node: gs.Node, index: int, tensor: gs.Tensor) -> None:
         """Make ``node`` produce ``tensor`` (which must have no producer) at output ``index``."""
+        self.state.not_constant.clear()
         old = node.outputs[index]
         node.outputs[index] = tensor
         self._touched.add(id(node))
         if old.name and old is not tensor:
             self.ns.vanished.add(old.name)
+
+    def take_output(self, node: gs.Node, donor: gs.Node) -> gs.Tensor:
+        """Make ``node`` produce ``donor``'s first output in place of its own first output, and
+        remove ``donor`` (and whatever only it kept alive): ``donor``'s readers read ``node`` now.
+        The output keeps its name, dtype and shape; it is returned."""
+        y = donor.outputs[0]
+        donor.outputs.clear()
+        self.replace_output(node, 0, y)
+        self.remove_node(donor)
+        return y
 
     @property
     def changed(self) -> bool:
@@ -506,7 +600,7 @@ def _all_names(graph: onnx.GraphProto | onnx.FunctionProto, names: set[str], nod
 class ModelGraphs:
     """Every scope of a model, main graph first, each as a FoldGraph."""
 
-    def __init__(self, model: onnx.ModelProto, base_dir: str | None = None):
+    def __init__(self, model: onnx.ModelProto, read: TensorReader | None = None):
         self.model = model  # edited: new weights go in at once, the rest at export
         names: set[str] = set()
         node_names: set[str] = set()
@@ -514,7 +608,7 @@ class ModelGraphs:
         for function in model.functions:
             _all_names(function, names, node_names)
         main = gs.import_onnx(model)
-        self.state = ModelState(Names(names), Names(node_names), model.ir_version, base_dir)
+        self.state = ModelState(Names(names), Names(node_names), model.ir_version, read)
         self.scopes: list[FoldGraph] = []
         opset = int(main.opset)
         self._add_scope(main, model.graph, Namespace(overridable_inputs(model)), opset, "main", "graph", ())
@@ -561,6 +655,6 @@ class ModelGraphs:
         return model
 
 
-def import_model(model: onnx.ModelProto, base_dir: str | None = None) -> ModelGraphs:
-    """Import ``model`` for editing: one FoldGraph per scope (external data read from ``base_dir``)."""
-    return ModelGraphs(model, base_dir)
+def import_model(model: onnx.ModelProto, read: TensorReader | None = None) -> ModelGraphs:
+    """Import ``model`` for editing: one FoldGraph per scope (external data read through ``read``)."""
+    return ModelGraphs(model, read)

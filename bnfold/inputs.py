@@ -3,7 +3,7 @@
 ``--input-shape NAME=DIMS`` must fit the model: NAME is one of its (non-initializer) inputs, DIMS
 has the declared rank and agrees with every static dimension; a symbolic dimension (a
 ``dim_param``, no ``dim_value``, or a negative ``dim_value`` as paddle2onnx writes) takes any size.
-Symbolic dimensions not given default to 1. Anything else is a usage error (``BnfoldError``),
+Symbolic dimensions not given default to 1. Anything else is a usage error (``UsageError``),
 found here before a model runs, not a runtime failure reported as "validation failed".
 
 The inputs must also fit in memory: their bytes, from dtype and shape, may be at most
@@ -17,7 +17,7 @@ import os
 
 import onnx
 
-from .errors import BnfoldError
+from .errors import UsageError
 
 #: Inputs may take at most this fraction (1/N) of physical memory.
 MEMORY_FRACTION = 4
@@ -47,18 +47,18 @@ def _declared(vi: onnx.ValueInfoProto) -> str:
 
 
 def check_input_names(label: str, model: onnx.ModelProto, given: dict[str, list[int]]) -> None:
-    """BnfoldError when ``--input-shape`` names something that is not an input of the model."""
+    """UsageError when ``--input-shape`` names something that is not an input of the model."""
     names = [i.name for i in real_inputs(model)]
     unknown = sorted(set(given) - set(names))
     if unknown:
-        raise BnfoldError(f"{label}: --input-shape {spec(unknown[0], given[unknown[0]])}: the model has no input "
+        raise UsageError(f"{label}: --input-shape {spec(unknown[0], given[unknown[0]])}: the model has no input "
                           f"'{unknown[0]}' (inputs: {', '.join(sorted(names)) or 'none'})")
 
 
 def resolve_shapes(label: str, model: onnx.ModelProto, given: dict[str, list[int]]) -> dict[str, list[int]]:
     """The shape of every tensor input that has one: given (checked against the declared shape) or
     declared (symbolic dimensions 1). Inputs with neither are left out: the caller says what it needs.
-    BnfoldError naming the ``--input-shape`` that does not fit."""
+    UsageError naming the ``--input-shape`` that does not fit."""
     check_input_names(label, model, given)
     shapes: dict[str, list[int]] = {}
     for vi in real_inputs(model):
@@ -73,12 +73,12 @@ def resolve_shapes(label: str, model: onnx.ModelProto, given: dict[str, list[int
         shape = list(given[vi.name])
         where = f"{label}: --input-shape {spec(vi.name, shape)}: input '{vi.name}'"
         if any(d < 0 for d in shape):
-            raise BnfoldError(f"{where}: a dimension cannot be negative")
+            raise UsageError(f"{where}: a dimension cannot be negative")
         if dims is not None and len(dims) != len(shape):
-            raise BnfoldError(f"{where} has rank {len(dims)} {_declared(vi)}, not {len(shape)}")
+            raise UsageError(f"{where} has rank {len(dims)} {_declared(vi)}, not {len(shape)}")
         for axis, (dim, size) in enumerate(zip(dims or (), shape)):
             if not is_symbolic(dim) and dim.dim_value != size:
-                raise BnfoldError(f"{where} has size {dim.dim_value} on axis {axis} {_declared(vi)}, not {size}")
+                raise UsageError(f"{where} has size {dim.dim_value} on axis {axis} {_declared(vi)}, not {size}")
         shapes[vi.name] = shape
     return shapes
 
@@ -109,13 +109,13 @@ def input_bytes(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> int:
 
 
 def check_input_bytes(label: str, model: onnx.ModelProto, shapes: dict[str, list[int]]) -> None:
-    """BnfoldError when the inputs of ``shapes`` (from ``resolve_shapes``) would take more than
+    """UsageError when the inputs of ``shapes`` (from ``resolve_shapes``) would take more than
     ``memory_limit()`` bytes: decided from dtypes and shapes, before anything is allocated."""
     total = input_bytes(model, shapes)
     limit = memory_limit()
     if total > limit:
         specs = ", ".join(spec(name, shape) for name, shape in shapes.items())
-        raise BnfoldError(f"{label}: cannot allocate inputs of {_size(total)} for {specs} (bnfold allows "
+        raise UsageError(f"{label}: cannot allocate inputs of {_size(total)} for {specs} (bnfold allows "
                           f"{_size(limit)}: 1/{MEMORY_FRACTION} of this machine's memory)")
 
 

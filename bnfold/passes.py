@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .errors import NoFold
 from .graph import FoldGraph
 from .rules.base import Fold, Refusal, Rule
 
 
-@dataclass
+@dataclass(frozen=True)
 class PassResult:
-    folds: list[Fold] = field(default_factory=list)
-    refusals: list[Refusal] = field(default_factory=list)
+    folds: tuple[Fold, ...] = ()
+    refusals: tuple[Refusal, ...] = ()  # of the last round: every anchor node left, with its reason
 
 
 def _try_rules(node, rules: Sequence[Rule], graph: FoldGraph, scope: str) -> Fold | Refusal | None:
@@ -54,8 +54,8 @@ def run_rules(graph: FoldGraph, rules: Sequence[Rule]) -> PassResult:
     for rule in rules:
         for op in rule.anchors:
             by_anchor.setdefault(op, []).append(rule)
-    candidates = [n for n in graph.graph.nodes if n.op in by_anchor]
-    result = PassResult()
+    candidates = graph.nodes_by_op(by_anchor)
+    folds: list[Fold] = []
     while True:
         refusals: list[Refusal] = []
         remaining = []
@@ -64,12 +64,11 @@ def run_rules(graph: FoldGraph, rules: Sequence[Rule]) -> PassResult:
                 continue
             outcome = _try_rules(node, by_anchor[node.op], graph, scope)
             if isinstance(outcome, Fold):
-                result.folds.append(outcome)
+                folds.append(outcome)
                 continue
             if outcome is not None:
                 refusals.append(outcome)
             remaining.append(node)
         if len(remaining) == len(candidates) or not remaining:
-            result.refusals = refusals
-            return result
+            return PassResult(tuple(folds), tuple(refusals))
         candidates = remaining

@@ -17,15 +17,19 @@ from typing import TYPE_CHECKING
 
 import onnx
 
-from .errors import BnfoldError
+from .errors import BnfoldError, ModelError, OutputError, UsageError
 from .rules import Rule
 from .folding import FoldResult, fold
 from .inputs import check_input_bytes, resolve_shapes
-from .io import file_id, read_model, side_file, write_model
+from .io import ModelFile, file_id, side_file, write_model
+from .logs import logger
 from .staging import staged_output
 from .savings import Savings, measure
 from .options import OptimizeOptions
 from .validation import DEFAULT_TIMEOUT, ValidationOptions, ValidationResult, validate
+from .text import printable
+
+log = logger(__name__)
 
 if TYPE_CHECKING:
     from .latency.runner import BenchOptions, BenchResult
@@ -36,8 +40,8 @@ class Report:
     """What ``optimize`` did to one file; ``to_dict`` is the ``--json`` document."""
 
     input: str
-    output: str | None
-    result: FoldResult
+    output: str  # where it is written, or would have been (``written`` says which)
+    result: FoldResult[onnx.ModelProto] | FoldResult[None]  # None: detached
     validation: ValidationResult | None
     written: bool
     input_bytes: int
@@ -53,7 +57,7 @@ class Report:
 
     def detached(self) -> Report:
         """This report without the folded model (what a batch worker sends back: the figures only)."""
-        return dataclasses.replace(self, result=dataclasses.replace(self.result, model=None))
+        return dataclasses.replace(self, result=self.result.without_model())
 
     @property
     def ok(self) -> bool:
@@ -67,6 +71,7 @@ class Report:
 
     def to_dict(self) -> dict:
         r = self.result
+        assert r.before is not None and r.after is not None, "fold counts both"
         return {
             "input": self.input,
             "output": self.output if self.written else None,
@@ -131,11 +136,11 @@ def optimize(
     """
     shorthands = (input_shapes, atol, rtol, seed, validate_timeout) != (None, None, None, 0, DEFAULT_TIMEOUT)
     if validation is not None and shorthands:
-        raise BnfoldError("give the validation options either as validation=ValidationOptions(...) or as keywords")
+        raise UsageError("give the validation options either as validation=ValidationOptions(...) or as keywords")
     if options is not None:
         if shorthands or validation is not None or (in_place, validate_output, external_data, rules, bench) != (
                 False, True, False, None, None):
-            raise BnfoldError("give the options either as options=OptimizeOptions(...) or as keywords")
+            raise UsageError("give the options either as options=OptimizeOptions(...) or as keywords")
     else:
         if validation is None:
             validation = ValidationOptions(input_shapes or {}, atol=atol, rtol=rtol, seed=seed,
@@ -155,38 +160,44 @@ def _optimize(src, dst, options: OptimizeOptions) -> Report:
     src = Path(src)
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    model, data_files = read_model(src, lazy=True)  # weights stay on disk until a fold reads them
+    source = ModelFile.read(src, lazy=True)  # weights stay on disk until a fold reads them
+    model = source.proto
     timings["load"] = time.perf_counter() - start
+    log.debug("read %s: %d bytes in %d file(s), %.3f s", printable(str(src)), source.file_bytes,
+              1 + len(source.data_files), timings["load"])
     if in_place and dst is not None and Path(dst).resolve() != src.resolve():
-        raise BnfoldError("--in-place and an output path contradict each other; give one")
+        raise UsageError("--in-place and an output path contradict each other; give one")
     # In place through a symlink replaces the file it points to, not the link.
     dst = Path(os.path.realpath(src)) if in_place else Path(dst) if dst is not None else default_output(src)
     if not in_place:
-        check_not_read(src, data_files, dst)
+        check_not_read(source, dst)
     if dst.is_dir():
-        raise BnfoldError(f"{dst}: the output path is a directory")
+        raise OutputError(f"{dst}: the output path is a directory")
     if not dst.parent.is_dir():
-        raise BnfoldError(f"{dst}: the output folder {dst.parent} does not exist")
+        raise OutputError(f"{dst}: the output folder {dst.parent} does not exist")
     shapes = resolve_shapes(str(src), model, dict(validation.input_shapes))  # names, ranks, static dims
     original = onnx.ModelProto()
     original.CopyFrom(model)  # for what the folds saved; cheap: the weights of a lazy model stay on disk
     try:
-        result = fold(model, options.rules, in_place=True, base_dir=src.parent)
+        result = fold(source, options.rules, in_place=True)
     except UnicodeDecodeError:
-        raise BnfoldError(f"{src}: invalid ONNX model (a text field is not valid UTF-8)") from None
+        raise ModelError(f"{src}: invalid ONNX model (a text field is not valid UTF-8)") from None
     timings["fold"] = result.seconds
     if bench is not None or (validate_output and result.changed and validation.inputs is None):
         check_input_bytes(str(src), result.model, shapes)  # inputs will be made: can they be?
-    report = Report(str(src), str(dst), result, None, False, sum(f.stat().st_size for f in [src, *data_files] if f.exists()))
+    report = Report(str(src), str(dst), result, None, False, source.file_bytes)
     with staged_output(dst) as tmp:
         start = time.perf_counter()
-        report.output_bytes = write_model(result.model, tmp, external_data=options.external_data or bool(data_files),
-                                          base_dir=src.parent)
+        report.output_bytes = write_model(result.model, tmp, source=source,
+                                          external_data=options.external_data or bool(source.data_files))
         timings["save"] = time.perf_counter() - start
+        log.debug("wrote %d bytes to the staging file %s, %.3f s", report.output_bytes or 0, printable(str(tmp)),
+                  timings["save"])
         if validate_output and result.changed:
             start = time.perf_counter()
             report.validation = validate(src, tmp, **validation.keywords())
             timings["validate"] = time.perf_counter() - start
+            log.debug("validation %s, %.3f s", report.validation.verdict, timings["validate"])
             if not validation.allows(report.validation):
                 report.output_bytes = None
                 report.timings = timings
@@ -201,6 +212,9 @@ def _optimize(src, dst, options: OptimizeOptions) -> Report:
             timings["bench"] = time.perf_counter() - start
     report.written = True
     report.timings = timings
+    log.info("%s -> %s: %d folded, %d refused, validation %s, %.3f s", printable(str(src)), printable(str(dst)),
+             len(result.folds), len(result.refusals), report.validation.verdict if report.validation else "not run",
+             sum(timings.values()))
     return report
 
 
@@ -208,6 +222,8 @@ def _bench(report: Report, src: Path, staged: Path, input_shapes, seed: int, opt
     from .latency.runner import ModelFigures, run_bench
 
     r = report.result
+    assert r.before is not None and r.after is not None, "fold counts both"
+    assert report.output_bytes is not None, "the staged output was written"
     try:
         report.bench = run_bench(
             src, staged, before=ModelFigures.of(r.before, report.input_bytes),
@@ -225,21 +241,24 @@ def _measured_shapes(validation: ValidationResult | None, declared: dict[str, li
     return declared
 
 
-def check_not_read(src: Path, data_files: Sequence[Path], dst: Path) -> None:
+def check_not_read(source: ModelFile, dst: Path) -> None:
     """BnfoldError when the output or its side file (``<output>.data``) would overwrite a file the
-    input reads: the model itself or one of its external data files, however spelled (symlinks
-    resolved, ``io.file_id``). A file must exist to be read, so only existing targets can clash.
+    input reads (``source.files``: the model itself or one of its external data files), however
+    spelled (symlinks resolved, ``io.file_id``). A file must exist to be read, so only existing
+    targets can clash.
 
     Not called in place: there the staged write has copied every byte it needs before anything is
     renamed over the input (its own side file included). The side file counts even when the
     output may not need one: whether it does is known only once it is written.
     """
+    src, *data_files = source.files
     reads = {file_id(f): f"external data of the input {src}" for f in data_files}
     reads[file_id(src)] = f"the input {src}"
     for target, what in ((dst, "the output"), (side_file(dst), "the output's side file")):
-        read = reads.get(file_id(target) or ())
+        target_id = file_id(target)
+        read = reads.get(target_id) if target_id is not None else None  # (a file that is not there is not read)
         if read is not None:
-            raise BnfoldError(f"{target}: {what} would overwrite {read}; pass --in-place to replace the input, "
+            raise OutputError(f"{target}: {what} would overwrite {read}; pass --in-place to replace the input, "
                               "or choose another output")
 
 

@@ -54,9 +54,9 @@ def integer_limits(dtype) -> tuple[int, int]:
     if dtype.name in _PACKED:
         import ml_dtypes
 
-        info = ml_dtypes.iinfo(dtype)
-    else:
-        info = np.iinfo(dtype)
+        packed = ml_dtypes.iinfo(dtype)
+        return int(packed.min), int(packed.max)
+    info = np.iinfo(dtype)
     return int(info.min), int(info.max)
 
 

@@ -124,6 +124,7 @@ def render(report: Report, console: Console) -> None:
     table = Table(title="Model", title_justify="left")
     for col in ("", "before", "after", "change"):
         table.add_column(col, justify="right")
+    assert r.before is not None and r.after is not None, "fold counts both"
     table.add_row("nodes", str(r.before.nodes), str(r.after.nodes), _change(r.before.nodes, r.after.nodes))
     table.add_row("parameters", f"{r.before.parameters:,}", f"{r.after.parameters:,}",
                   _change(r.before.parameters, r.after.parameters))

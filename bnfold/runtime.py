@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 
 import numpy as np
 import onnx
@@ -26,13 +27,7 @@ def one_line(exc: BaseException, limit: int = 300) -> str:
     return " ".join(str(exc).split())[:limit]
 
 
-def _progress(path: str | None, text: str) -> None:
-    if path:
-        with open(path, "w") as fh:
-            fh.write(text)
-
-
-def _strip_empty_trailing_outputs(graph: onnx.GraphProto | onnx.FunctionProto) -> None:
+def strip_empty_trailing_outputs(graph: onnx.GraphProto | onnx.FunctionProto) -> None:
     """Drop declared-but-empty optional outputs (``['y', '', '']`` → ``['y']``): same semantics,
     and onnxruntime crashes on some (opset-9 BatchNormalization)."""
     for node in graph.node:
@@ -40,9 +35,9 @@ def _strip_empty_trailing_outputs(graph: onnx.GraphProto | onnx.FunctionProto) -
             node.output.pop()
         for attr in node.attribute:
             if attr.type == onnx.AttributeProto.GRAPH:
-                _strip_empty_trailing_outputs(attr.g)
+                strip_empty_trailing_outputs(attr.g)
             for g in attr.graphs:
-                _strip_empty_trailing_outputs(g)
+                strip_empty_trailing_outputs(g)
 
 
 #: Ops that draw random numbers, each with a ``seed`` attribute (used when given).
@@ -61,7 +56,7 @@ def prepare_for_runtime(model: onnx.ModelProto) -> onnx.ModelProto:
     """
     seen: set[str] = set()
     for graph in _graphs(model):
-        _strip_empty_trailing_outputs(graph)
+        strip_empty_trailing_outputs(graph)
         for node in graph.node:
             if node.name and node.name in seen:
                 k = 1
@@ -135,7 +130,7 @@ def no_kernel(exc: Exception) -> bool:
     return "NOT_IMPLEMENTED" in text or "Could not find an implementation" in text or "not supported" in text.lower()
 
 
-def _reference_batchnorm():
+def reference_batchnorm():
     """BatchNormalization for onnx.reference with the spec's mode selection.
 
     onnx.reference 1.23 applies batch statistics to every BN before opset 14 (it defaults
@@ -171,16 +166,16 @@ def _reference_batchnorm():
 
 
 def reference_evaluator(model: onnx.ModelProto):
-    """onnx.reference for ``model`` with bnfold's BatchNormalization (``_reference_batchnorm``),
+    """onnx.reference for ``model`` with bnfold's BatchNormalization (``reference_batchnorm``),
     in model-local functions too: onnx builds a function's evaluator with its own class and no
     ``new_ops``, so the class itself has to bring them."""
     from onnx.reference import ReferenceEvaluator
 
-    bn = _reference_batchnorm()
+    bn = reference_batchnorm()
 
     class Evaluator(ReferenceEvaluator):
-        def __init__(self, proto, *args, new_ops=None, **kwargs):
-            super().__init__(proto, *args, new_ops=[bn] if new_ops is None else new_ops, **kwargs)
+        def __init__(self, proto, *, new_ops=None, **kwargs):  # onnx passes all but proto by keyword
+            super().__init__(proto, new_ops=[bn] if new_ops is None else new_ops, **kwargs)
 
     return Evaluator(model)
 
@@ -188,15 +183,15 @@ def reference_evaluator(model: onnx.ModelProto):
 class Backend:
     """Runs models with onnxruntime (CPU, ORT_DISABLE_ALL), or with onnx.reference where
     onnxruntime has no kernel for ``first`` (the model the backend is chosen with); all models of
-    one comparison run on one backend. ``progress``: a file that says what is being done (a
-    crash of the runtime then names the step)."""
+    one comparison run on one backend. ``progress``: called with what is being done (a worker's
+    ``child.Progress.stage``: a crash of the runtime then names the step)."""
 
     ONNXRUNTIME = "onnxruntime (CPU, ORT_DISABLE_ALL)"
     REFERENCE = "onnx.reference (onnxruntime has no kernel for this model)"
 
-    def __init__(self, first: onnx.ModelProto, progress: str | None = None, which: str = "original",
-                 reference_only: bool = False):
-        self.progress = progress
+    def __init__(self, first: onnx.ModelProto, progress: Callable[[str], None] | None = None,
+                 which: str = "original", reference_only: bool = False):
+        self.progress = progress or (lambda text: None)
         self.name = self.REFERENCE if reference_only else self.ONNXRUNTIME
         bfloat16 = any(vi.type.tensor_type.elem_type == onnx.TensorProto.BFLOAT16 for vi in real_inputs(first))
         if bfloat16:  # onnxruntime takes no bfloat16 input on CPU
@@ -216,14 +211,14 @@ class Backend:
 
     def session(self, model: onnx.ModelProto, which: str):
         """A new session for ``model`` on this backend."""
-        _progress(self.progress, f"creating a session for the {which} model ({self.name})")
+        self.progress(f"creating a session for the {which} model ({self.name})")
         if self.reference:
             return reference_evaluator(model)
         return ort_session(model)
 
     def run(self, session, feeds: dict[str, np.ndarray], which: str, hint: str = "") -> list[np.ndarray]:
         """The outputs of ``session`` on ``feeds``; CannotRun naming ``which`` when it fails."""
-        _progress(self.progress, f"running the {which} model ({self.name})")
+        self.progress(f"running the {which} model ({self.name})")
         try:
             return [np.asarray(v) for v in session.run(None, feeds)]
         except Exception as exc:

@@ -94,8 +94,8 @@ def measure(original: onnx.ModelProto, folded: onnx.ModelProto, folds: list[Fold
     after = _shape_map(folded, input_shapes) if any(f.added for f in folds) else {}
     for fold in folds:
         removed = _cost(fold.output, before) if fold.graph == "main" and fold.output else None
-        added = [_cost(name, after) for name in fold.added]
-        if removed is None or any(a is None for a in added):
+        added = [cost for name in fold.added if (cost := _cost(name, after)) is not None]
+        if removed is None or len(added) < len(fold.added):
             result.folds.append(FoldSaving(None, None, None if removed is None else removed[2]))
             result.unknown += 1
             continue

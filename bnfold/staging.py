@@ -28,7 +28,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import stat
 import tempfile
 import threading
@@ -37,7 +36,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from . import signals
-from .errors import BnfoldError
+from .errors import OutputError
 
 PREFIX = ".bnfold-tmp-"
 _NAME = re.compile(re.escape(PREFIX) + r"(\d+)-[a-z0-9_]+")
@@ -65,7 +64,7 @@ def staged_output(dest: str | os.PathLike) -> Iterator[Path]:
 
     On normal exit the files written there (the model and its side file, if any) are moved into
     ``dest``'s folder, the model last; on any error or signal the folder is removed and nothing at
-    the destination changed. BnfoldError, before anything is created, when ``dest``'s name is
+    the destination changed. OutputError, before anything is created, when ``dest``'s name is
     longer than its file system allows.
     """
     dest = Path(dest)
@@ -152,14 +151,14 @@ def name_max(folder: str | os.PathLike) -> int:
 
 
 def check_fits(dest: str | os.PathLike, *, side_file: bool = False) -> None:
-    """BnfoldError when ``dest``'s name, or with ``side_file`` its side file's (``<name>.data``, 5
+    """OutputError when ``dest``'s name, or with ``side_file`` its side file's (``<name>.data``, 5
     bytes longer), is longer than the file system of its folder allows."""
     dest = Path(dest)
     limit, size = name_max(dest.parent), len(os.fsencode(dest.name))
     if size > limit:
-        raise BnfoldError(f"{dest}: the file name is {size} bytes long; this file system allows {limit}")
+        raise OutputError(f"{dest}: the file name is {size} bytes long; this file system allows {limit}")
     if side_file and size + len(SIDE_SUFFIX) > limit:
-        raise BnfoldError(f"{dest}: its side file {dest.name}{SIDE_SUFFIX} would be {size + len(SIDE_SUFFIX)} bytes "
+        raise OutputError(f"{dest}: its side file {dest.name}{SIDE_SUFFIX} would be {size + len(SIDE_SUFFIX)} bytes "
                           f"long and this file system allows {limit}; give the output a name of at most "
                           f"{limit - len(SIDE_SUFFIX)} bytes")
 
@@ -167,7 +166,7 @@ def check_fits(dest: str | os.PathLike, *, side_file: bool = False) -> None:
 # -- stale staging folders --------------------------------------------------------------------
 
 
-def sweep(folder: str | os.PathLike) -> list[Path]:
+def sweep(folder: str | os.PathLike[str]) -> list[Path]:
     """Remove the staging folders in ``folder`` that belong to a bnfold process that is gone
     (this user's, this machine's; see the module docstring); one that was moving its files into
     place is rolled forward first. Returns the folders removed."""
@@ -240,7 +239,9 @@ def _read_json(path: Path) -> dict | None:
 
 def _identity(pid: int | None) -> dict:
     """Who a staging folder belongs to: host, boot, and with ``pid`` that process's start time."""
-    identity = {"host": socket.gethostname(), "boot": _read("/proc/sys/kernel/random/boot_id")}
+    import socket  # only when staging: 3 ms of every start otherwise
+
+    identity: dict[str, object] = {"host": socket.gethostname(), "boot": _read("/proc/sys/kernel/random/boot_id")}
     if pid is not None:
         identity.update(pid=pid, start=_start_time(pid))
     return identity
@@ -259,9 +260,11 @@ def _alive(pid: int) -> bool:
 def _start_time(pid: int) -> int | None:
     """When process ``pid`` started (clock ticks since boot, Linux), None where it cannot be known."""
     text = _read(f"/proc/{pid}/stat")
+    if text is None:
+        return None
     try:
         return int(text.rsplit(")", 1)[1].split()[19])  # field 22, counted after the command name
-    except (AttributeError, IndexError, ValueError):
+    except (IndexError, ValueError):
         return None
 
 

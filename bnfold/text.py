@@ -37,11 +37,12 @@ def size(n: int | None) -> str:
     """Bytes in binary units (``"-"`` for None)."""
     if n is None:
         return "-"
+    value: float = n
     for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return str(value)
 
 
 def change(before: int, after: int | None) -> str:

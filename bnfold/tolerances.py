@@ -66,7 +66,7 @@ from numbers import Real
 
 import numpy as np
 
-from .errors import BnfoldError
+from .errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -178,10 +178,10 @@ def clear_failure(max_abs: float, scale: float, dtype) -> bool:
 
 
 def check_tolerances(atol: float | None, rtol: float | None) -> None:
-    """BnfoldError unless each tolerance given is a finite number >= 0 (a negative or NaN bound
+    """UsageError unless each tolerance given is a finite number >= 0 (a negative or NaN bound
     is no bound, and an infinite one passes any error: none of them validates anything)."""
     for option, value in (("--atol", atol), ("--rtol", rtol)):
         number = isinstance(value, Real) and not isinstance(value, bool)
         if value is not None and not (number and math.isfinite(value) and value >= 0):
             shown = format(value, "g") if number else repr(value)
-            raise BnfoldError(f"{option} {shown}: a tolerance must be a finite number >= 0")
+            raise UsageError(f"{option} {shown}: a tolerance must be a finite number >= 0")

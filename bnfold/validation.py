@@ -1,10 +1,11 @@
 """Numerical validation: run the original and the folded model on the same inputs, say what it proved.
 
 Both models run with onnxruntime at ORT_DISABLE_ALL (its own fusions would otherwise fold the
-original's BN too and hide any error), in a child process (``_validate_worker``): onnxruntime can
-crash the whole process on some valid models, and a crash must become a clear report, not take
-bnfold down. Where onnxruntime has no kernel for the model (float64 or bfloat16 Conv on CPU),
-both run with onnx's reference evaluator instead, and the result says which backend measured it.
+original's BN too and hide any error), in a child process (``_validate_worker``, run by
+``bnfold.child``): onnxruntime can crash the whole process on some valid models, and a crash must
+become a clear report, not take bnfold down. Where onnxruntime has no kernel for the model
+(float64 or bfloat16 Conv on CPU), both run with onnx's reference evaluator instead, and the
+result says which backend measured it.
 
 Inputs: the user's (``.npz`` files or feed dicts), else three random sets (``bnfold.feeds``) on
 shapes chosen so that the outputs say something (``bnfold.shapes``). Every output is judged by
@@ -23,21 +24,16 @@ DequantizeLinear) in quanta of that grid. Three verdicts, in words and in JSON:
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import signal
-import subprocess
-import sys
 import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import onnx
 
-from . import tolerances
-from .errors import BnfoldError
+from . import child, tolerances
+from .errors import BnfoldError, ModelError, UsageError
 from .limits import VALIDATE_TIMEOUT
 from .tolerances import check_tolerances
 
@@ -67,11 +63,11 @@ class ValidationOptions:
         """Itself, or BnfoldError for a value no validation could use (before any work)."""
         check_tolerances(self.atol, self.rtol)
         if self.reference not in REFERENCES:
-            raise BnfoldError(f"--reference {self.reference}: expected one of {', '.join(REFERENCES)}")
+            raise UsageError(f"--reference {self.reference}: expected one of {', '.join(REFERENCES)}")
         if self.timeout is not None and not self.timeout > 0:
-            raise BnfoldError(f"--validate-timeout {self.timeout}: expected a number of seconds > 0 (0: no limit)")
+            raise UsageError(f"--validate-timeout {self.timeout}: expected a number of seconds > 0 (0: no limit)")
         if self.inputs is not None and not isinstance(self.inputs, tuple):
-            raise BnfoldError("inputs: expected a tuple of feed dicts or .npz paths")
+            raise UsageError("inputs: expected a tuple of feed dicts or .npz paths")
         return self
 
     def keywords(self) -> dict:
@@ -207,27 +203,16 @@ def parse_input_shapes(specs: list[str] | tuple[str, ...]) -> dict[str, list[int
         except ValueError:
             shape = []
         if not sep or not name or not shape or any(d < 1 for d in shape):
-            raise ValueError(f"bad input shape '{spec}': expected NAME=DIMxDIMx... with dims >= 1, e.g. input=1x3x224x224")
+            raise UsageError(f"bad input shape '{spec}': expected NAME=DIMxDIMx... with dims >= 1, e.g. input=1x3x224x224")
         shapes[name] = shape
     return shapes
-
-
-def _as_path(model: onnx.ModelProto | str | os.PathLike, workdir: str, name: str) -> str:
-    """A file for the worker: a path stays itself, a ModelProto is written (with a side file if big)."""
-    if isinstance(model, onnx.ModelProto):
-        from .io import write_model
-
-        path = os.path.join(workdir, name)
-        write_model(model, path)
-        return path
-    return os.fspath(model)
 
 
 def _input_files(inputs, workdir: str) -> list[str]:
     """``.npz`` paths for the worker: files and folders as given, feed dicts written to ``workdir``."""
     import numpy as np
 
-    from .feeds import expand_paths
+    from .feeds import expand_paths, save_npz
 
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
@@ -235,13 +220,13 @@ def _input_files(inputs, workdir: str) -> list[str]:
     for item in inputs:
         if isinstance(item, Mapping):
             path = os.path.join(workdir, f"inputs-{written}.npz")
-            np.savez(path, **{k: np.asarray(v) for k, v in item.items()})
+            save_npz(path, {k: np.asarray(v) for k, v in item.items()})
             paths.append(path)
             written += 1
         else:
             paths += [str(p) for p in expand_paths([item])]
     if not paths:
-        raise BnfoldError("inputs: no input set given")
+        raise UsageError("inputs: no input set given")
     return paths
 
 
@@ -276,12 +261,12 @@ def validate(
     """
     check_tolerances(atol, rtol)
     if reference not in REFERENCES:
-        raise BnfoldError(f"--reference {reference}: expected one of {', '.join(REFERENCES)}")
+        raise UsageError(f"--reference {reference}: expected one of {', '.join(REFERENCES)}")
     with tempfile.TemporaryDirectory(prefix="bnfold-validate-") as workdir:
         request = {
             "label": "<in-memory model>" if isinstance(original, onnx.ModelProto) else os.fspath(original),
-            "original": _as_path(original, workdir, "original.onnx"),
-            "folded": _as_path(folded, workdir, "folded.onnx"),
+            "original": os.fspath(child.model_file(original, workdir, "original.onnx")),
+            "folded": os.fspath(child.model_file(folded, workdir, "folded.onnx")),
             "input_shapes": input_shapes or {},
             "inputs": None if inputs is None else _input_files(inputs, workdir),
             "seed": seed,
@@ -289,37 +274,18 @@ def validate(
             "rtol": rtol,
             "reference": reference,
             "timeout": timeout,
-            "result": os.path.join(workdir, "result.json"),
-            "progress": os.path.join(workdir, "progress.txt"),
         }
-        request_path = os.path.join(workdir, "request.json")
-        Path(request_path).write_text(json.dumps(request))
-        try:
-            proc = subprocess.run(
-                [sys.executable, "-m", "bnfold._validate_worker", request_path],
-                capture_output=True, text=True, timeout=timeout,
-            )
-        except subprocess.TimeoutExpired:
-            return ValidationResult(UNPROVEN, seed=seed, reason=f"validation did not finish within the time limit of "
-                                                                f"{timeout:g} s (--validate-timeout sets it)")
-        if proc.returncode != 0 or not os.path.exists(request["result"]):
-            return ValidationResult(UNPROVEN, seed=seed, reason=_crash_message(proc, request["progress"]))
-        raw = json.loads(Path(request["result"]).read_text())
+        ended = child.run(child.command("bnfold._validate_worker"), request, timeout=timeout)
+    if ended.timed_out:
+        return ValidationResult(UNPROVEN, seed=seed, reason=f"validation did not finish within the time limit of "
+                                                            f"{timeout:g} s (--validate-timeout sets it)")
+    if not ended.ok or ended.result is None:  # (ok: there is a result)
+        return ValidationResult(UNPROVEN, seed=seed, reason=ended.failure("validation failed"))
+    raw = ended.result
     if raw.get("refused"):  # unusable input found by the worker before running anything
-        raise BnfoldError(raw["refused"])
+        kinds = {cls.__name__: cls for cls in (UsageError, ModelError)}
+        raise kinds.get(raw.get("refused_kind", ""), BnfoldError)(raw["refused"])
     return _judge(raw, seed, atol, rtol)
-
-
-def _crash_message(proc: subprocess.CompletedProcess, progress_path: str) -> str:
-    stage = Path(progress_path).read_text().strip() if os.path.exists(progress_path) else "starting"
-    if proc.returncode < 0:
-        try:
-            sig = signal.Signals(-proc.returncode).name
-        except ValueError:
-            sig = f"signal {-proc.returncode}"
-        return f"the runtime crashed ({sig}) while {stage}"
-    last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
-    return f"validation failed while {stage}: {last}"
 
 
 def _set_verdict(e: dict, dtype: str, elementwise: bool, exact_only: bool = False) -> tuple[str, str | None, str | None]:
@@ -366,6 +332,7 @@ def _set_verdict(e: dict, dtype: str, elementwise: bool, exact_only: bool = Fals
 
 def output_verdict(out: dict, elementwise: bool, exact_only: bool = False) -> tuple[str, str | None, dict, str | None]:
     """(verdict, stage, worst set's figures, why) of one output over every input set."""
+    why: str | None
     if out["shape"] != out["folded_shape"] or out["dtype"] != out["folded_dtype"]:
         worst = out["sets"][0]
         why = (f"the folded model's output is {out['folded_dtype']}{out['folded_shape']}, the original's "

@@ -89,7 +89,7 @@ def _fixed_float_inputs(node: onnx.NodeProto, opset: int) -> dict[int, int]:
         schema = onnx.defs.get_schema(node.op_type, opset, "")
     except onnx.defs.SchemaError:
         return {}
-    fixed = {}
+    fixed: dict[int, int] = {}
     for i, name in enumerate(node.input):
         formal = schema.inputs[min(i, len(schema.inputs) - 1)] if schema.inputs else None
         if name and formal is not None and formal.type_str in _FIXED_FLOATS:

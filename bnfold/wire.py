@@ -14,15 +14,16 @@ WireError and the caller parses the file the ordinary way.
 
 from __future__ import annotations
 
-import onnx
-
-GRAPH_FIELD = onnx.ModelProto.DESCRIPTOR.fields_by_name["graph"].number
-INITIALIZER_FIELD = onnx.GraphProto.DESCRIPTOR.fields_by_name["initializer"].number
-RAW_DATA_FIELD = onnx.TensorProto.DESCRIPTOR.fields_by_name["raw_data"].number
-_EXTERNAL_DATA = onnx.TensorProto.DESCRIPTOR.fields_by_name["external_data"].number
-_DATA_LOCATION = onnx.TensorProto.DESCRIPTOR.fields_by_name["data_location"].number
-_KEY = onnx.StringStringEntryProto.DESCRIPTOR.fields_by_name["key"].number
-_VALUE = onnx.StringStringEntryProto.DESCRIPTOR.fields_by_name["value"].number
+# Field numbers of onnx.proto (the ONNX IR; ``tests/test_quickscan.py`` checks them against the
+# installed onnx's descriptors): constants, so that walking a file needs no onnx import.
+GRAPH_FIELD = 7  # ModelProto.graph
+INITIALIZER_FIELD = 5  # GraphProto.initializer
+RAW_DATA_FIELD = 9  # TensorProto.raw_data
+_EXTERNAL_DATA = 13  # TensorProto.external_data
+_DATA_LOCATION = 14  # TensorProto.data_location
+_KEY = 1  # StringStringEntryProto.key
+_VALUE = 2  # StringStringEntryProto.value
+_EXTERNAL = 1  # TensorProto.DataLocation.EXTERNAL
 
 
 class WireError(ValueError):
@@ -92,7 +93,7 @@ def _external_reference(location: str, offset: int, length: int) -> bytes:
         field(_EXTERNAL_DATA, field(_KEY, key.encode()) + field(_VALUE, value.encode()))
         for key, value in (("location", location), ("offset", str(offset)), ("length", str(length)))
     )
-    return entries + varint(_DATA_LOCATION << 3) + varint(onnx.TensorProto.EXTERNAL)
+    return entries + varint(_DATA_LOCATION << 3) + varint(_EXTERNAL)
 
 
 def _tensor(buf, start: int, end: int, location: str, min_bytes: int) -> bytes | None:

@@ -57,7 +57,7 @@ MATMUL_BIAS_SHAPES = {
 }
 
 #: Where MatMul's activation comes from (see ``matmul_bn_model``).
-MATMUL_SOURCES = ("input", "flatten", "gemm", "softmax")
+MATMUL_SOURCES = ("input", "flatten", "gemm", "softmax", "reshaped")
 
 
 def spread_bn_stats(rng: np.random.Generator, channels: int) -> dict[str, np.ndarray]:
@@ -248,7 +248,8 @@ def matmul_bn_model(
         bias_first: ``Add(B, matmul_out)`` instead of ``Add(matmul_out, B)``.
         source: where A comes from. ``"input"``: graph input X (shape declared); ``"flatten"``:
             X ``[n, k, 1]`` -> Flatten ``"flatten"``; ``"gemm"``: X ``[n, 4]`` -> Gemm ``"pre"``;
-            ``"softmax"``: X -> Softmax ``"softmax"`` (rank unknown unless shapes are inferred).
+            ``"softmax"``: X -> Softmax ``"softmax"`` (the rank of X); ``"reshaped"``: X -> Reshape
+            ``"pre_reshape"`` to the shape graph input S holds at run time (a rank bnfold cannot know).
         input_rank: 3 makes X ``[n, c, k]`` (the middle axis has as many entries as there are
             channels, so BN's statistics fit axis 1 although it is not the channel axis).
         weight: ``"initializer"`` or ``"graph_input"`` (W is a graph input: not a constant).
@@ -278,6 +279,11 @@ def matmul_bn_model(
         g.input("X", a_shape)
         g.node("Softmax", ["X"], ["soft"], "softmax", axis=-1)
         a = "soft"
+    elif source == "reshaped":
+        g.input("X", a_shape)
+        g.inputs.append(helper.make_tensor_value_info("S", onnx.TensorProto.INT64, [len(a_shape)]))
+        g.node("Reshape", ["X", "S"], ["reshaped"], "pre_reshape")
+        a = "reshaped"
     else:
         raise ValueError(f"source must be one of {MATMUL_SOURCES}, got {source!r}")
 

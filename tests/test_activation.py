@@ -16,7 +16,7 @@ import pytest
 import bnfold
 from bnfold.errors import NoFold
 from bnfold.graph import import_model
-from bnfold.rules.activation import ScaleAfterActivationRule
+from bnfold.rules.activation_scale import ScaleAfterActivationRule
 from builders import bn_after_relu_model
 from conftest import assert_equivalent, fold_expecting, initializer_array, node_named, op_types, refusal_for
 from layout_builders import elem, positive_bn, rng_for, text_model, vector, weight
@@ -216,7 +216,7 @@ def test_a_bn_with_a_shift_after_relu_keeps_the_report_it_had():
     assert (refusal.rule, refusal.stage) == ("conv-bn", "match")
     assert "its input 'relu_out' comes from Relu 'relu', not a linear op" in refusal.reason
     graph = import_model(model).main
-    node = next(n for n in graph.graph.nodes if n.op == "BatchNormalization")
+    (node,) = graph.nodes_by_op({"BatchNormalization"})
     with pytest.raises(NoFold, match="its shift is not zero: after Relu 'relu' it would stay as an Add"):
         ScaleAfterActivationRule().match(node, graph)
 

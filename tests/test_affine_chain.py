@@ -20,8 +20,9 @@ from affine_builders import Step, bn_stats, linear_chain_model, text_model
 from bnfold.errors import NoFold
 from bnfold.graph import import_model
 from bnfold.rules import DEFAULT_RULES, Fold
-from bnfold.rules.affine_chain import AffineAfterLinearRule
-from bnfold.rules.bn_scale import BatchNormScaleRule, output_rank
+from bnfold.rules._rank import rank_of
+from bnfold.rules.affine_linear import AffineAfterLinearRule
+from bnfold.rules.bn_scale import BatchNormScaleRule
 from conftest import assert_equivalent, check_full, initializer_array, initializer_names, node_named, op_types
 from test_light_models import LIGHT, randomize_weights
 
@@ -547,7 +548,7 @@ def test_float16_bn_scale_that_overflows_is_refused():
     assert "folded scale of BatchNormalization 'bn' overflows float16" in refused(model, "op0", rule="bn-scale")
 
 
-def test_output_rank_follows_pooling_concat_and_broadcasting():
+def test_rank_of_follows_pooling_concat_and_broadcasting():
     model = text_model("""
         g (float[1, 8, 6, 6] X) => (float[1, 16, 3, 3] Y) {
             [pool] p = MaxPool <kernel_shape = [2, 2], strides = [2, 2]> (X)
@@ -557,7 +558,7 @@ def test_output_rank_follows_pooling_concat_and_broadcasting():
     graph = import_model(model).main
     tensors = {t.name: t for t in graph.graph.tensors().values()}
     tensors["p"].shape = tensors["q"].shape = None  # as in a model without value_info
-    assert [output_rank(tensors[n], graph) for n in ("p", "q")] == [4, 4]
+    assert [rank_of(tensors[n], graph) for n in ("p", "q")] == [4, 4]
 
 
 # -- the light DenseNet-121: Caffe2 scale layers after every BN ------------------------------------------------

@@ -671,11 +671,24 @@ def test_matmul_on_a_3d_activation_is_refused_even_when_sizes_match():
 
 
 def test_matmul_on_an_activation_of_unknown_rank_is_refused():
-    """No declared shape and a producer (Abs) whose rank bnfold does not derive: not provably 2-D."""
+    """No declared shape and a producer whose rank bnfold cannot derive (a Reshape to a shape known
+    only at run time): not provably 2-D."""
+    p = Parts()
+    p.inputs.append(helper.make_tensor_value_info("S", onnx.TensorProto.INT64, [2]))
+    p.node("Reshape", [p.input("X", [3, 5]), "S"], ["reshaped"], "reshape")
+    p.output(matmul(p, bn(p, "reshaped", 5), "mm", k=5, n=4, out="Y"), 2)
+    assert refusal(p.model()).startswith("MatMul 'mm' reads an activation of unknown rank")
+
+
+def test_matmul_on_an_activation_whose_producers_fix_its_rank_folds():
+    """No declared shape, but Abs and BN keep the rank of the declared 2-D input (rules/_rank.py)."""
     p = Parts()
     p.node("Abs", [p.input("X", [3, 5])], ["abs_out"], "abs")
     p.output(matmul(p, bn(p, "abs_out", 5), "mm", k=5, n=4, out="Y"), 2)
-    assert refusal(p.model()).startswith("MatMul 'mm' reads an activation of unknown rank")
+    model = p.model()
+    folded = fold(model).model
+    assert op_types(folded) == ["Abs", "MatMul", "Add"]
+    assert_equivalent(model, folded)
 
 
 def test_bn_in_training_mode_is_refused():

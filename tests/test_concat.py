@@ -16,7 +16,7 @@ import pytest
 import bnfold
 from bnfold.errors import NoFold
 from bnfold.graph import import_model
-from bnfold.rules.concat import ConcatBatchNormRule
+from bnfold.rules.concat_bn import ConcatBatchNormRule
 from conftest import assert_equivalent, fold_expecting, initializer_array, node_named, op_types, refusal_for
 from layout_builders import bn, elem, rng_for, text_model, vector, weight
 
@@ -143,7 +143,7 @@ def test_a_concat_input_that_is_not_a_linear_output_is_no_match():
     assert (refusal.rule, refusal.stage) == ("conv-bn", "match")
     assert "comes from Concat 'cat', not a linear op" in refusal.reason
     graph = import_model(model).main
-    node = next(n for n in graph.graph.nodes if n.op == "BatchNormalization")
+    (node,) = graph.nodes_by_op({"BatchNormalization"})
     with pytest.raises(NoFold, match="input 1 of Concat 'cat': its input 'y2' comes from MaxPool 'pool', not a "
                                      "linear op .*; every input must fold, or none can"):
         ConcatBatchNormRule().match(node, graph)

@@ -156,3 +156,16 @@ def test_bnfold_check_with_a_wrong_setting_exits_2_with_one_line(tmp_path, monke
     assert result.stdout == ""
     [line] = result.stderr.splitlines()
     assert line.startswith(f"bnfold: error: {path}: {message}"), line
+
+
+def test_rule_names_are_those_of_the_rules_in_their_order():
+    """Settings and --disable are checked against ``RULE_NAMES`` without importing the rules."""
+    from bnfold.rules import DEFAULT_RULES
+
+    assert bnfold.config.RULE_NAMES == tuple(rule.name for rule in DEFAULT_RULES)
+
+
+def test_an_unknown_rule_name_lists_the_rules(tmp_path):
+    (tmp_path / "pyproject.toml").write_text('[tool.bnfold]\ndisable = ["conv-bn", "no-such-rule"]\n')
+    with pytest.raises(BnfoldError, match="'disable': unknown rule 'no-such-rule' \\(rules: conv-bn, convtranspose-bn, "):
+        load_settings(tmp_path)

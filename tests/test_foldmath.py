@@ -1,11 +1,12 @@
-"""The fold math (``bnfold.foldmath``): unit tests, then properties.
+"""The fold math (``bnfold.foldmath``, and ``fold_affine`` of ``rules/_linear.py``, which the rules
+fold an affine map after a linear op with): unit tests, then properties.
 
     BN(x) = gamma * (x - mean) / sqrt(var + eps) + beta = s * x + t
     BN(W u + b) = (s W) u + (s b + t)
 
-Property (a) checks the pure functions against the unfolded formula in float64; property (b)
-checks the whole engine: random Conv attributes and statistics, ``bnfold.fold``, and
-onnxruntime on both models.
+Property (a) checks ``fold_affine`` against the unfolded formula in float64; property (b) checks
+the whole engine: random Conv attributes and statistics, ``bnfold.fold``, and onnxruntime on both
+models.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import re
 
 import ml_dtypes
 import numpy as np
+import onnx_graphsurgeon as gs
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -21,13 +23,8 @@ from hypothesis.extra import numpy as hnp
 
 import bnfold
 from bnfold.errors import NoFold
-from bnfold.foldmath import (
-    bn_affine,
-    cast_checked,
-    fold_affine_into_linear,
-    scale_along_axis,
-    scale_cast_checked,
-)
+from bnfold.foldmath import bn_affine, cast_checked, scale_along_axis, scale_cast_checked
+from bnfold.rules._linear import KINDS, Linear, fold_affine
 from builders import conv_bn_model
 from conftest import assert_equivalent, op_types
 
@@ -68,30 +65,35 @@ def test_bn_affine_accepts_a_negative_variance_that_epsilon_makes_positive():
     np.testing.assert_allclose(s, [1 / np.sqrt(0.25e-5)], rtol=1e-12)
 
 
-# -- fold_affine_into_linear ----------------------------------------------------------------------
+# -- fold_affine: y -> s * y + t into the linear op before it ------------------------------------------
+
+
+def read_as_rules_do(op: str, weight: np.ndarray, bias: np.ndarray | None = None) -> Linear:
+    """A linear op with constant ``weight`` and ``bias`` as ``LinearKind.read`` gives it (no graph needed)."""
+    node, kind = gs.Node(op, op.lower()), KINDS[op]
+    return Linear(kind, node, weight, bias, kind.channels(node, weight), weight.ndim, 1)
 
 
 def test_fold_scales_the_output_channel_axis_and_maps_the_bias():
-    w = np.arange(12, dtype=np.float32).reshape(2, 3, 2, 1)  # [M=2, C, k1, k2]
+    w = np.arange(12, dtype=np.float32).reshape(2, 3, 2, 1)  # Conv [M=2, C, k1, k2]
     s, t = np.array([2.0, -0.5]), np.array([1.0, 3.0])
-    w_new, b_new = fold_affine_into_linear(w, np.array([10.0, 20.0]), s, t, axis=0)
-    assert w_new.dtype == b_new.dtype == np.float64
-    np.testing.assert_array_equal(w_new[0], 2.0 * w[0])
-    np.testing.assert_array_equal(w_new[1], -0.5 * w[1])
-    np.testing.assert_array_equal(b_new, [21.0, -7.0])
+    folded = fold_affine(read_as_rules_do("Conv", w, np.array([10.0, 20.0], np.float32)), s, t)
+    assert folded.weight.dtype == folded.bias.dtype == np.float32  # computed in float64, cast once
+    np.testing.assert_array_equal(folded.weight[0], 2.0 * w[0])
+    np.testing.assert_array_equal(folded.weight[1], -0.5 * w[1])
+    np.testing.assert_array_equal(folded.bias, [21.0, -7.0])
 
 
 def test_fold_without_bias_gives_t_as_the_bias():
-    w_new, b_new = fold_affine_into_linear(np.ones((2, 1, 1)), None, np.array([3.0, 4.0]), np.array([5.0, 6.0]), axis=0)
-    np.testing.assert_array_equal(w_new[:, 0, 0], [3.0, 4.0])
-    np.testing.assert_array_equal(b_new, [5.0, 6.0])
+    folded = fold_affine(read_as_rules_do("Conv", np.ones((2, 1, 1))), np.array([3.0, 4.0]), np.array([5.0, 6.0]))
+    np.testing.assert_array_equal(folded.weight[:, 0, 0], [3.0, 4.0])
+    np.testing.assert_array_equal(folded.bias, [5.0, 6.0])
 
 
 def test_fold_along_another_axis():
     """Weights whose output channels are not axis 0 (ConvTranspose: [C, M/group, k...])."""
-    w = np.ones((3, 2, 1))
-    w_new, _ = fold_affine_into_linear(w, None, np.array([2.0, 5.0]), np.zeros(2), axis=1)
-    np.testing.assert_array_equal(w_new[:, :, 0], [[2.0, 5.0]] * 3)
+    folded = fold_affine(read_as_rules_do("ConvTranspose", np.ones((3, 2, 1))), np.array([2.0, 5.0]), np.zeros(2))
+    np.testing.assert_array_equal(folded.weight[:, :, 0], [[2.0, 5.0]] * 3)
 
 
 # -- cast_checked --------------------------------------------------------------------------------
@@ -188,7 +190,8 @@ def test_folded_affine_equals_bn_of_the_linear_map(case):
     unfolded = gamma * (z - mean) / np.sqrt(var + eps) + beta
 
     s, t = bn_affine(gamma, beta, mean, var, eps)
-    w_new, b_new = fold_affine_into_linear(w, b, s, t, axis=0)
+    folded = fold_affine(read_as_rules_do("Conv", w, b), s, t)  # float64 weights: nothing is rounded
+    w_new, b_new = folded.weight, folded.bias
     folded = np.tensordot(w_new, x, axes=(axes, list(range(x.ndim)))) + b_new
 
     # Every term is float64: the two orders of evaluation differ by a few ulps of the largest term.

@@ -20,8 +20,10 @@ import time
 from pathlib import Path
 
 import builders
+import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 #: Generous: the machine may be loaded (every worker imports onnx, ~1-2 s each on 2 cores).
 START_TIMEOUT = 180
@@ -109,6 +111,68 @@ def wait_until_group_gone(pgid: int) -> None:
     while group_members(pgid):
         assert time.monotonic() < deadline, f"processes of the run still alive: {group_members(pgid)}"
         time.sleep(0.05)
+
+
+def descendants(pid: int, marker: str) -> list[int]:
+    """Live processes under ``pid`` (at any depth) whose command line contains ``marker``."""
+    parents, commands = {}, {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                commands[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if fields[0] != "Z":
+                parents[int(entry.name)] = int(fields[1])
+    found = []
+    for child, command in commands.items():
+        ancestor = parents.get(child)
+        while ancestor not in (None, 0, 1, pid):
+            ancestor = parents.get(ancestor)
+        if ancestor == pid and marker in command and child in parents:
+            found.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (not a zombie)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        return (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]) != "Z"
+    except OSError:
+        return False
+
+
+def never_ending_models(folder: Path, count: int) -> list[Path]:
+    """Foldable models (Conv+BN) whose validation never ends: beside the Conv, a Loop of 10^15
+    Identity steps on the input (not constant: nothing evaluates it before validation runs it)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        model = builders.conv_bn_model(seed=i)
+        graph = model.graph
+        shape = [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]
+        body = helper.make_graph(
+            [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+             helper.make_node("Identity", ["v_in"], ["v_out"])],
+            "forever",
+            [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+             helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+             helper.make_tensor_value_info("v_in", TensorProto.FLOAT, shape)],
+            [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+             helper.make_tensor_value_info("v_out", TensorProto.FLOAT, shape)])
+        graph.initializer.extend([numpy_helper.from_array(np.array(10**15, dtype=np.int64), "trips"),
+                                  numpy_helper.from_array(np.array(True), "keep_going")])
+        graph.node.append(helper.make_node("Loop", ["trips", "keep_going", graph.input[0].name], ["Z"], body=body))
+        graph.output.append(helper.make_tensor_value_info("Z", TensorProto.FLOAT, shape))
+        path = folder / f"loop{i}.onnx"
+        onnx.save(model, path)
+        paths.append(path)
+    return paths
 
 
 def listing(folder: Path) -> list[str]:
@@ -263,6 +327,35 @@ def test_signal_stops_check_fix_and_leaves_no_second_model(tmp_path, signum):
     again = subprocess.run([*bnfold_command(), "check", "."], cwd=folder, capture_output=True, text=True,
                            timeout=EXIT_TIMEOUT)
     assert again.returncode == 1 and len(again.stdout.splitlines()) == 3
+
+
+# -- signals: the validation child ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_signal_during_validation_kills_the_validation_process(tmp_path, jobs):
+    """Validation runs in a child process of its own (``bnfold.child``), in its own process group
+    (the signal to bnfold's group does not reach it): bnfold kills it, whether it runs the
+    validation itself (one file) or in workers (-j 2), and none is left once bnfold has exited."""
+    inputs = never_ending_models(tmp_path / "m", jobs)
+    before = hashes(inputs)
+    args = ["optimize", inputs[0], "-o", tmp_path / "m" / "out.onnx"] if jobs == 1 else \
+        ["optimize", tmp_path / "m", "--in-place", "-j", str(jobs)]
+    run = Run(tmp_path, *args, point=None)
+    run._wait_until(lambda: len(descendants(run.proc.pid, "bnfold._validate_worker")) == jobs,
+                    f"{jobs} validation process(es)")
+    children = descendants(run.proc.pid, "bnfold._validate_worker")
+    time.sleep(0.5)  # let them reach the never-ending run
+
+    run.signal(signal.SIGINT)
+    code, out, err = run.finish()
+
+    assert code == 130, err
+    assert not [c for c in children if alive(c)]
+    if jobs == 1:
+        assert err.splitlines() == [f"bnfold: interrupted by SIGINT: {inputs[0]}: rolled back, nothing written"]
+    assert hashes(inputs) == before
+    assert listing(tmp_path / "m") == sorted(p.name for p in inputs)
 
 
 # -- dead workers ------------------------------------------------------------------------------

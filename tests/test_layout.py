@@ -4,7 +4,7 @@ First the pure axis tracking (``bnfold/rules/_layout_axes.py``) against numpy, w
 every Transpose / Reshape / Flatten / Squeeze / Unsqueeze of a random static shape, the axis it
 returns carries exactly the channels (numpy moves a channel-index tensor), and when it returns None
 no output axis determines the channel at all (it is complete, not just safe). Then the folds through
-``bnfold.fold``: linear op → layout ops → BN (rules conv-bn, matmul-bn, ...: ``linear.py`` follows the
+``bnfold.fold``: linear op → layout ops → BN (rules conv-bn, matmul-bn, ...: ``_site.py`` follows the
 layout ops) and BN → layout ops → linear op (rule bn-layout-linear), each with its structure and its
 numbers under onnxruntime at ORT_DISABLE_ALL; and one refusal per precondition, with its reason.
 """
@@ -357,9 +357,9 @@ def test_a_transpose_that_moves_the_channels_off_axis_1_is_refused():
 def test_unknown_rank_is_refused():
     rng = rng_for(7)
     model = text_model("""
-        g (float[2, 5, 4] X) => (float[2, 6, 5] Y) {
-            [soft] s = Softmax (X)
-            [matmul] m = MatMul (s, W)
+        g (float[2, 5, 4] X, int64[3] shape) => (float[2, 6, 5] Y) {
+            [pre] r = Reshape (X, shape)
+            [matmul] m = MatMul (r, W)
             [tr] t = Transpose <perm = [0, 2, 1]> (m)
             [bn] Y = BatchNormalization (t, bn_scale, bn_bias, bn_mean, bn_var)
         }""", {"W": weight(rng, (4, 6)), **bn(rng, 6)})
@@ -538,7 +538,7 @@ def test_bn_whose_layout_output_also_feeds_another_op_keeps_the_closest_reason()
     assert (refusal.rule, refusal.stage) == ("conv-bn", "match")
     assert "is an input of the graph" in refusal.reason
     from bnfold.graph import import_model
-    from bnfold.rules.layout import BatchNormLayoutLinearRule
+    from bnfold.rules.bn_layout_linear import BatchNormLayoutLinearRule
     graph = import_model(model).main
     with pytest.raises(NoFold, match="'t' also feeds Relu 'relu', which is neither a layout op"):
-        BatchNormLayoutLinearRule().match(next(n for n in graph.graph.nodes if n.op == "BatchNormalization"), graph)
+        BatchNormLayoutLinearRule().match(graph.nodes_by_op({"BatchNormalization"})[0], graph)

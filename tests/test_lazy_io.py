@@ -1,4 +1,4 @@
-"""Reading models without their weights (bnfold.wire, io.read_model(lazy=True)) and writing them back.
+"""Reading models without their weights (bnfold.wire, io.ModelFile.read(lazy=True)) and writing them back.
 
 The pipeline reads every model lazily: big main-graph initializers stay on disk as references
 to their bytes in the file, folds read the weights they need, and the writer copies the rest
@@ -21,7 +21,7 @@ import bnfold
 from bnfold import wire
 from bnfold.cli import cli
 from bnfold.errors import BnfoldError
-from bnfold.io import LAZY_BYTES, external_array, read_model, write_model
+from bnfold.io import LAZY_BYTES, ModelFile, read_model, write_model
 
 
 def run(*args):
@@ -98,11 +98,11 @@ def test_group_wire_types_are_a_wire_error():
 def test_lazy_read_keeps_weights_on_disk(tmp_path):
     src = tmp_path / "m.onnx"
     onnx.save(conv_bn_model(c_in=32, c_out=64, kernel=3), src)
-    model, files = read_model(src, lazy=True)
-    assert files == []  # the model's own file is not a side file
-    w = next(t for t in model.graph.initializer if t.name == "W")
+    model = ModelFile.read(src, lazy=True)
+    assert model.data_files == ()  # the model's own file is not a side file
+    w = next(t for t in model.proto.graph.initializer if t.name == "W")
     assert not w.raw_data and w.data_location == onnx.TensorProto.EXTERNAL
-    np.testing.assert_array_equal(external_array(w, tmp_path), numpy_helper.to_array(
+    np.testing.assert_array_equal(model.read_tensor(w), numpy_helper.to_array(
         next(t for t in onnx.load(src).graph.initializer if t.name == "W")))
 
 
@@ -121,18 +121,18 @@ def test_lazy_pipeline_writes_what_the_eager_fold_makes(tmp_path, make):
 def test_unchanged_lazy_model_is_written_back_as_it_was(tmp_path):
     src = tmp_path / "m.onnx"
     onnx.save(conv_bn_model(c_in=16, c_out=32, kernel=3), src)
-    model, _ = read_model(src, lazy=True)
-    write_model(model, tmp_path / "copy.onnx", base_dir=tmp_path)
+    model = ModelFile.read(src, lazy=True)
+    write_model(model.proto, tmp_path / "copy.onnx", source=model)
     assert onnx.load(tmp_path / "copy.onnx") == onnx.load(src)
 
 
 def test_lazy_model_to_a_side_file(tmp_path):
     src = tmp_path / "m.onnx"
     onnx.save(conv_bn_model(c_in=16, c_out=32, kernel=3), src)
-    model, _ = read_model(src, lazy=True)
+    model = ModelFile.read(src, lazy=True)
     out = tmp_path / "out" / "copy.onnx"
     out.parent.mkdir()
-    write_model(model, out, external_data=True, base_dir=tmp_path)
+    write_model(model.proto, out, external_data=True, source=model)
     raw = onnx.load(out, load_external_data=False)
     w = next(t for t in raw.graph.initializer if t.name == "W")
     assert locations(w)["location"] == "copy.onnx.data"
@@ -140,13 +140,25 @@ def test_lazy_model_to_a_side_file(tmp_path):
     assert loaded(out) == onnx.load(src)
 
 
-def test_fold_without_base_dir_refuses_weights_it_cannot_read(tmp_path):
+def test_fold_without_a_reader_refuses_weights_it_cannot_read(tmp_path):
+    src = tmp_path / "m.onnx"
+    onnx.save(conv_bn_model(c_in=16, c_out=32, kernel=3), src)
+    model = ModelFile.read(src, lazy=True).proto
+    result = bnfold.fold(model)  # the proto alone: the weight is not a usable constant, never read from the cwd
+    assert result.folds == []
+    assert any("external file that was not loaded" in r.reason for r in result.refusals)
+
+
+def test_the_older_spelling_proto_and_base_dir_folds_like_the_model_file(tmp_path):
+    """``fold(proto, base_dir=folder)`` (what bench still passes) reads the weights from the folder."""
     src = tmp_path / "m.onnx"
     onnx.save(conv_bn_model(c_in=16, c_out=32, kernel=3), src)
     model, _ = read_model(src, lazy=True)
-    result = bnfold.fold(model)  # no base_dir: the weight is not a usable constant, never read from the cwd
-    assert result.folds == []
-    assert any("external file that was not loaded" in r.reason for r in result.refusals)
+    result = bnfold.fold(model, in_place=True, base_dir=tmp_path)
+    out = tmp_path / "out.onnx"
+    write_model(result.model, out, base_dir=tmp_path)
+    assert op_types(onnx.load(out)) == ["Conv"]
+    assert onnx.load(out) == bnfold.fold(ModelFile.read(src, lazy=False)).model
 
 
 def test_checker_still_runs_on_a_lazily_read_model(tmp_path):
@@ -191,8 +203,9 @@ def test_side_file_spans_are_checked(tmp_path, length_delta, offset, message):
 
 def test_side_file_weights_are_read_lazily_and_copied(tmp_path):
     src = side_file_model(tmp_path)
-    model, files = read_model(src, lazy=True)
-    assert files == [tmp_path / "w.bin"]
+    model = ModelFile.read(src, lazy=True)
+    assert model.data_files == (tmp_path / "w.bin",)
+    assert read_model(src, lazy=True)[1] == [tmp_path / "w.bin"]  # the pair, as batch and bench read it
     result = run("optimize", src, "-o", tmp_path / "out.onnx")
     assert result.exit_code == 0, result.output
     assert op_types(onnx.load(tmp_path / "out.onnx")) == ["Conv"]
@@ -219,10 +232,10 @@ def test_lazy_round_trip_property(tmp_path_factory, tensors, side_file):
     model = helper.make_model(helper.make_graph(nodes, "g", [], outputs, inits), opset_imports=[helper.make_opsetid("", 17)])
     src = tmp_path / "m.onnx"
     src.write_bytes(model.SerializeToString())
-    lazy, _ = read_model(src, lazy=True)
-    assert sum(raw_sizes(lazy).values()) <= sum(s for s in raw_sizes(model).values() if s < LAZY_BYTES)
+    lazy = ModelFile.read(src, lazy=True)
+    assert sum(raw_sizes(lazy.proto).values()) <= sum(s for s in raw_sizes(model).values() if s < LAZY_BYTES)
     out = tmp_path / "out.onnx"
-    write_model(lazy, out, external_data=side_file, base_dir=tmp_path)
+    write_model(lazy.proto, out, external_data=side_file, source=lazy)
     assert loaded(out) == model
 
 

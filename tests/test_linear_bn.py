@@ -400,10 +400,11 @@ def test_matmul_with_a_square_weight_scales_its_columns():
     np.testing.assert_array_equal(initializer_array(folded, "W"), (w * s[None, :]).astype(np.float32))
 
 
-def test_matmul_rank_known_from_inferred_shapes_folds():
-    """Softmax does not fix a rank bnfold knows of; shape inference's value_info does."""
-    model = onnx.shape_inference.infer_shapes(matmul_bn_model(source="softmax", bias=None))
-    result = fold_checked(model)
+@pytest.mark.parametrize("infer", [False, True], ids=["through-softmax", "inferred-shapes"])
+def test_matmul_rank_known_from_producers_or_inferred_shapes_folds(infer):
+    """Softmax keeps the rank of its input (rules/_rank.py); shape inference's value_info says it too."""
+    model = matmul_bn_model(source="softmax", bias=None)
+    result = fold_checked(onnx.shape_inference.infer_shapes(model) if infer else model)
     assert op_types(result.model) == ["Softmax", "MatMul", "Add"]
 
 
@@ -549,7 +550,7 @@ OP_REFUSALS = {
     "matmul-3d-input-T-equals-C": (
         lambda: matmul_bn_model(input_rank=3), "axis 1 is not the channel axis"),
     "matmul-input-rank-unknown": (
-        lambda: matmul_bn_model(source="softmax"), "the output rank is unknown: axis 1 is not the channel axis"),
+        lambda: matmul_bn_model(source="reshaped"), "the output rank is unknown: axis 1 is not the channel axis"),
     "matmul-reshape-to-N-1-C": (
         lambda: matmul_bn_model(reshape=[3, 1, 6]),
         "Reshape 'reshape' to [3, 1, 6] does not keep the 6 channels of a 2-D MatMul output on axis 1"),

@@ -34,7 +34,7 @@ from bnfold.compare import quantum_errors
 from bnfold.errors import NoFold
 from bnfold.quantmath import Quantization, fold_into_scale, integer_limits, negate_channels, product_convention, requantize
 from bnfold.rules import DEFAULT_RULES
-from bnfold.rules.quantized import QuantizedFold
+from bnfold.rules.qdq import QuantizedFold
 from conftest import check_full, fold_expecting, initializer_array, node_named, op_types, random_feeds, refusal_for, run_ort
 from qdq_builders import EXTREME_CHANNEL, X_SCALE, Y_SCALE, float8_weight_model, qat_stack, qdq_model, shapes_for
 

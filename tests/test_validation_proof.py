@@ -270,6 +270,32 @@ def test_reference_float64_judges_every_output_and_reports_the_distances(tmp_pat
     assert "exact float64 answer, output 'Y': original" in text
 
 
+@pytest.mark.parametrize("name", ["file", "allow_pickle"])
+def test_an_input_named_like_a_parameter_of_savez_is_validated(name):
+    """The input sets go to .npz files by input name: with np.savez(path, **feeds), an input named
+    ``file`` was a TypeError and one named ``allow_pickle`` was dropped from the set (so it "missed"
+    the input), from given sets and from the exact reference's sets alike."""
+    model = builders.conv_bn_model()
+    [x] = model.graph.input
+    for node in model.graph.node:
+        node.input[:] = [name if i == x.name else i for i in node.input]
+    x.name = name
+    folded = bnfold.fold(model).model
+    rng = np.random.default_rng(0)
+    given = bnfold.validate(model, folded, inputs=[{name: make_set(model, rng)}])
+    assert given.verdict == "passed", given.reason
+    assert given.inputs == {name: [int(d.dim_value) for d in x.type.tensor_type.shape.dim]}
+    exact = bnfold.validate(model, folded, reference="float64")
+    assert exact.verdict == "passed", exact.reason
+    assert exact.reference["ran"] and exact.reference["error"] is None
+
+
+def make_set(model: onnx.ModelProto, rng: np.random.Generator) -> np.ndarray:
+    """Random float32 values of the (static) shape of the model's one input."""
+    [x] = model.graph.input
+    return rng.standard_normal([d.dim_value for d in x.type.tensor_type.shape.dim]).astype(np.float32)
+
+
 # -- precision-loss shapes fail -------------------------------------------------------------------------------
 
 

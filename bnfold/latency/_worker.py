@@ -1,10 +1,10 @@
 """Child process of ``bnfold.latency.runner``: creates the sessions, times the runs, writes raw numbers.
 
-Run as ``python -m bnfold.latency._worker REQUEST.json``. onnxruntime can crash the process on
-some valid models, so nothing of this runs inside bnfold itself. Progress goes to the parent as
-one JSON object per line on the process's original stdout; everything else written to stdout
-(native code included) is sent to stderr, so the progress stream stays parseable. The result
-(raw timings only: the parent computes every statistic) is written to the request's result file.
+Run as ``python -m bnfold.latency._worker REQUEST.json`` (``bnfold.child``). onnxruntime can crash
+the process on some valid models, so nothing of this runs inside bnfold itself. Progress goes to
+the parent as events (``child.Progress``: one JSON object per line on the process's original
+stdout, everything else written to stdout going to stderr). The result (raw timings only: the
+parent computes every statistic) is what ``main`` returns.
 
 First, unless the request turns it off, the output check (``bnfold.latency.interface``): both
 models run once on the seeded input, CPU, ``ORT_DISABLE_ALL``; every output of the original is
@@ -35,17 +35,18 @@ from the one being timed (measured here: +55–75 % on a 2-core machine, on both
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 
+from .. import child
 from ..compare import elementwise as compare
-from ..runtime import CannotRun, _strip_empty_trailing_outputs, make_inputs
+from ..runtime import CannotRun, make_inputs, one_line, strip_empty_trailing_outputs
 from ..errors import BnfoldError
 from ..io import read_model, write_model
 from .interface import output_differences
@@ -56,24 +57,6 @@ LEVELS = {"disabled": "ORT_DISABLE_ALL", "default": None}
 SESSION_CONFIG = {"session.force_spinning_stop": "1"}
 #: Seconds between progress messages while timing.
 PROGRESS_INTERVAL = 0.1
-
-
-class _Progress:
-    """One JSON object per line to the parent; the last stage is also what a crash report names."""
-
-    def __init__(self, stream):
-        self.stream = stream
-
-    def send(self, event: str, **fields) -> None:
-        self.stream.write(json.dumps({"event": event, **fields}) + "\n")
-        self.stream.flush()
-
-    def stage(self, text: str, setting: str | None = None) -> None:
-        self.send("stage", text=text, setting=setting)
-
-
-def _one_line(exc: Exception) -> str:
-    return " ".join(str(exc).split())[:300]
 
 
 def _runnable_path(path: str, workdir: str, name: str) -> tuple[str, onnx.ModelProto]:
@@ -103,7 +86,7 @@ def _strip(model: onnx.ModelProto) -> bool:
     graphs = [model.graph, *model.functions]
     before = sum(map(_output_count, graphs))
     for graph in graphs:
-        _strip_empty_trailing_outputs(graph)
+        strip_empty_trailing_outputs(graph)
     return sum(map(_output_count, graphs)) != before
 
 
@@ -111,8 +94,9 @@ def _options(setting: str, threads: int | None):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    if LEVELS[setting] is not None:
-        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, LEVELS[setting])
+    level = LEVELS[setting]
+    if level is not None:
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
     if threads:
         options.intra_op_num_threads = threads
     options.log_severity_level = 3
@@ -139,7 +123,7 @@ def _order(i: int) -> tuple[str, str]:
     return ("original", "folded") if i % 2 == 0 else ("folded", "original")
 
 
-def _measure(setting: str, paths: dict[str, str], feeds, req: dict, progress: _Progress) -> dict:
+def _measure(setting: str, paths: dict[str, str], feeds, req: dict, progress: child.Progress) -> dict:
     options = _options(setting, req["threads"])
     providers = [req["provider"]] + (["CPUExecutionProvider"] if req["provider"] != "CPUExecutionProvider" else [])
     level = LEVELS[setting] or str(options.graph_optimization_level).rsplit(".", 1)[-1]
@@ -153,20 +137,20 @@ def _measure(setting: str, paths: dict[str, str], feeds, req: dict, progress: _P
     start = time.perf_counter()
     reported = -1.0
     for r in range(rounds):
-        sessions: dict[str, object] = {}
+        sessions: dict[str, Any] = {}  # onnxruntime.InferenceSession (onnxruntime has no type stubs)
         for which in (*_order(r), *_order(r + 1)):
-            progress.stage(f"creating a session of the {which} model ({setting}: {level})", setting)
+            progress.stage(f"creating a session of the {which} model ({setting}: {level})", setting=setting)
             sessions.pop(which, None)  # one live session per model at most
             try:
                 sessions[which], ms = _create(paths[which], options, providers)
             except Exception as exc:
-                raise CannotRun(f"onnxruntime cannot load the {which} model ({level}): {_one_line(exc)}") from None
+                raise CannotRun(f"onnxruntime cannot load the {which} model ({level}): {one_line(exc)}") from None
             creation[which].append(ms)
         used = sessions["original"].get_providers()
         deadline = start + (r + 1) * budget / rounds
         try:
             # One message per round, before the warm-up: the parent's wake-up lands on untimed runs.
-            progress.stage(f"warming up and timing runs, round {r + 1} ({setting}: {level})", setting)
+            progress.stage(f"warming up and timing runs, round {r + 1} ({setting}: {level})", setting=setting)
             for i in range(req["warmup"]):
                 for which in _order(i):
                     sessions[which].run(None, feeds)
@@ -185,7 +169,7 @@ def _measure(setting: str, paths: dict[str, str], feeds, req: dict, progress: _P
                 if i >= 1 and now >= deadline:
                     break
         except Exception as exc:
-            raise CannotRun(f"running the models failed ({level}): {_one_line(exc)}") from None
+            raise CannotRun(f"running the models failed ({level}): {one_line(exc)}") from None
         del sessions
         elapsed = time.perf_counter() - start
         if len(first) >= runs or (elapsed >= budget and len(first) >= req["min_pairs"]):
@@ -206,21 +190,21 @@ def _measure(setting: str, paths: dict[str, str], feeds, req: dict, progress: _P
     }
 
 
-def _check_outputs(paths: dict[str, str], feeds, threads: int | None, progress: _Progress) -> dict:
+def _check_outputs(paths: dict[str, str], feeds, threads: int | None, progress: child.Progress) -> dict:
     """Both models once on ``feeds`` (CPU, ORT_DISABLE_ALL); every output of the original compared
     with the folded model's output of the same name (``compare``: ``tolerance_for(dtype)``)."""
     options = _options("disabled", threads)
     outputs: dict[str, dict] = {}
     for which in ("original", "folded"):
-        progress.stage(f"checking the outputs of the {which} model (ORT_DISABLE_ALL)")
+        progress.stage(f"checking the outputs of the {which} model (ORT_DISABLE_ALL)", setting=None)
         try:
             session, _ = _create(paths[which], options, ["CPUExecutionProvider"])
         except Exception as exc:
-            raise CannotRun(f"onnxruntime cannot load the {which} model (ORT_DISABLE_ALL): {_one_line(exc)}") from None
+            raise CannotRun(f"onnxruntime cannot load the {which} model (ORT_DISABLE_ALL): {one_line(exc)}") from None
         try:
             outputs[which] = dict(zip((o.name for o in session.get_outputs()), session.run(None, feeds)))
         except Exception as exc:
-            raise CannotRun(f"running the {which} model failed (ORT_DISABLE_ALL): {_one_line(exc)}") from None
+            raise CannotRun(f"running the {which} model failed (ORT_DISABLE_ALL): {one_line(exc)}") from None
         del session
     comparisons = []
     for name, ref in outputs["original"].items():
@@ -235,16 +219,12 @@ def _check_outputs(paths: dict[str, str], feeds, threads: int | None, progress: 
             "differences": output_differences(comparisons)}
 
 
-def main(request_path: str) -> int:
-    progress = _Progress(os.fdopen(os.dup(1), "w"))
-    os.dup2(2, 1)  # stray prints (ours or native) go to stderr, never into the progress stream
-    sys.stdout = sys.stderr
-    with open(request_path) as fh:
-        req = json.load(fh)
+def main(req: dict, progress: child.Progress) -> dict:
+    """The raw timings (``settings``), the inputs and the output check, or ``error``."""
     result: dict = {"settings": []}
     try:
-        progress.stage("loading the models")
-        workdir = os.path.dirname(request_path)
+        progress.stage("loading the models", setting=None)
+        workdir = os.path.dirname(req["result"])
         original_path, original = _runnable_path(req["original"], workdir, "original.runnable.onnx")
         folded_path, _ = _runnable_path(req["folded"], workdir, "folded.runnable.onnx")
         paths = {"original": original_path, "folded": folded_path}
@@ -258,11 +238,8 @@ def main(request_path: str) -> int:
                 result["settings"].append(_measure(setting, paths, feeds, req, progress))
     except (CannotRun, BnfoldError) as exc:  # BnfoldError: an unusable file or input shape
         result["error"] = str(exc)
-    with open(req["result"], "w") as fh:
-        json.dump(result, fh)
-    progress.send("done")
-    return 0
+    return result
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    sys.exit(child.serve(main))

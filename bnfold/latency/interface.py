@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import onnx
 
-from ..errors import BnfoldError
+from ..errors import BnfoldError, ModelError
 from ..inputs import is_symbolic, real_inputs
 
 #: What the refusal adds, so the user knows what bench expects and how to time other models anyway.
@@ -101,7 +101,7 @@ def check_interface(original_label: str, original: onnx.ModelProto, folded_label
     diffs = inputs + (declared_output_differences(original, folded) if outputs else [])
     if diffs:
         hint = "" if inputs else f"; {OPT_OUT}"  # different inputs cannot be timed on the same inputs at all
-        raise BnfoldError(f"{folded_label}: not comparable with {original_label}: {'; '.join(diffs)} "
+        raise ModelError(f"{folded_label}: not comparable with {original_label}: {'; '.join(diffs)} "
                           f"({EXPECTED}, on the same inputs{hint})")
 
 

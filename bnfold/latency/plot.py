@@ -17,7 +17,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from ..errors import BnfoldError
+from ..errors import BnfoldError, OutputError, UsageError
 from .runner import BenchResult
 
 MISSING = "--plot needs matplotlib: pip install 'bnfold[plot]'"
@@ -29,28 +29,28 @@ def require_matplotlib() -> None:
         import matplotlib  # noqa: F401
         from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: F401
     except ImportError:
-        raise BnfoldError(MISSING) from None
+        raise UsageError(MISSING) from None
 
 
 def check_destination(path: str | os.PathLike) -> None:
     """BnfoldError when ``path`` cannot receive the figure (checked before measuring)."""
     path = Path(path)
     if path.suffix.lower() != ".png":
-        raise BnfoldError(f"{path}: --plot writes a PNG file; give a name ending in .png")
+        raise OutputError(f"{path}: --plot writes a PNG file; give a name ending in .png")
     if path.is_dir():
-        raise BnfoldError(f"{path}: --plot needs a file name, and this is a directory")
+        raise OutputError(f"{path}: --plot needs a file name, and this is a directory")
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.exists():
-        raise BnfoldError(f"{path}: the folder {folder} does not exist")
+        raise OutputError(f"{path}: the folder {folder} does not exist")
     if not folder.is_dir():
-        raise BnfoldError(f"{path}: {folder} is not a folder")
+        raise OutputError(f"{path}: {folder} is not a folder")
     if path.exists() and not os.access(path, os.W_OK):
-        raise BnfoldError(f"{path}: the file exists and cannot be overwritten")
+        raise OutputError(f"{path}: the file exists and cannot be overwritten")
     try:  # whether a file can be created there: permissions, read-only file systems, quotas all say so
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".bnfold-plot-", suffix=".png"):
             pass
     except OSError as exc:
-        raise BnfoldError(f"{path}: cannot write in the folder {folder} ({exc.strerror or exc})") from None
+        raise OutputError(f"{path}: cannot write in the folder {folder} ({exc.strerror or exc})") from None
 
 
 def plot_bench(result: BenchResult, path: str | os.PathLike) -> Path:

@@ -127,7 +127,7 @@ def progress_bar(console: Console, runs: int) -> Iterator[ProgressCallback]:
         tasks = {name: progress.add_task(f"{name:<8}", total=runs, status="waiting") for name in SETTINGS}
 
         def on_event(event: dict) -> None:
-            task = tasks.get(event.get("setting"))
+            task = tasks.get(event.get("setting", ""))  # ("": no setting, no task)
             if task is None:
                 return
             if event["event"] == "stage":

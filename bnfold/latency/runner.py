@@ -1,12 +1,12 @@
 """``bench``: latency of an original model against its folded version (parent side).
 
 Prepares the two model files (folding in memory and writing the result to a temporary folder
-when no folded model is given), runs ``bnfold.latency._worker`` in a child process (a runtime
-crash becomes a one-line ``BnfoldError``, not a dead bnfold), forwards the child's progress
-events, and turns the raw timings into a ``BenchResult``: per setting the latency summaries, the
-per-run speedup (over rounds of fresh sessions) and the session-creation speedup (over ABBA
-blocks), each with its exact interval; the four intervals hold together at 95 %
-(``bnfold.latency.stats``).
+when no folded model is given), runs ``bnfold.latency._worker`` in a child process
+(``bnfold.child``: a runtime crash becomes a one-line ``BnfoldError``, not a dead bnfold),
+forwards the child's progress events, and turns the raw timings into a ``BenchResult``: per
+setting the latency summaries, the per-run speedup (over rounds of fresh sessions) and the
+session-creation speedup (over ABBA blocks), each with its exact interval; the four intervals
+hold together at 95 % (``bnfold.latency.stats``).
 Statistics are computed here, from the raw numbers the JSON also carries.
 
 Before anything is timed, a given folded model must have the original's interface, and both must
@@ -16,11 +16,7 @@ model. ``BenchOptions.check_outputs`` False skips the output part (inputs are al
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -29,7 +25,8 @@ from pathlib import Path
 
 import onnx
 
-from ..errors import BnfoldError
+from .. import child
+from ..errors import BackendError, BnfoldError, ModelError, UsageError
 from ..stats import ModelStats, model_stats
 from . import MIN_PAIRS, MIN_ROUNDS, ROUNDS, RUNS, TIME_BUDGET, WARMUP, interface, stats
 
@@ -42,7 +39,7 @@ SETTINGS = {
 #: ``checks["interface"]`` of a folded model bnfold made itself from the original.
 FOLDED_HERE = "folded by bnfold from the original"
 #: How the child is started; a list so tests can substitute a misbehaving child.
-WORKER = [sys.executable, "-m", "bnfold.latency._worker"]
+WORKER = child.command("bnfold.latency._worker")
 
 ProgressCallback = Callable[[dict], None]
 
@@ -69,15 +66,15 @@ class BenchOptions:
     def checked(self) -> BenchOptions:
         """These options with the provider resolved to its full name; BnfoldError for bad values."""
         if self.runs < MIN_PAIRS:
-            raise BnfoldError(f"--runs must be at least {MIN_PAIRS} (a confidence interval needs a few pairs)")
+            raise UsageError(f"--runs must be at least {MIN_PAIRS} (a confidence interval needs a few pairs)")
         if not self.time_budget > 0:
-            raise BnfoldError("--time-budget must be more than 0 seconds")
+            raise UsageError("--time-budget must be more than 0 seconds")
         if self.warmup < 0:
-            raise BnfoldError("--warmup must be 0 or more")
+            raise UsageError("--warmup must be 0 or more")
         if self.rounds < MIN_ROUNDS:
-            raise BnfoldError(f"--rounds must be at least {MIN_ROUNDS}")
+            raise UsageError(f"--rounds must be at least {MIN_ROUNDS}")
         if self.threads is not None and self.threads < 1:
-            raise BnfoldError("--threads must be at least 1")
+            raise UsageError("--threads must be at least 1")
         return replace(self, provider=resolve_provider(self.provider))
 
 
@@ -93,7 +90,7 @@ def resolve_provider(name: str | None) -> str:
     for provider in available:
         if wanted in (provider.lower(), provider.lower().removesuffix("executionprovider")):
             return provider
-    raise BnfoldError(f"unknown execution provider '{name}' (available here: {', '.join(available)})")
+    raise UsageError(f"unknown execution provider '{name}' (available here: {', '.join(available)})")
 
 
 @dataclass(frozen=True)
@@ -257,7 +254,7 @@ def bench(
     or incomparable models (naming the file at fault) or options, and when the runtime cannot run a
     model or crashes (the message says where).
     """
-    from ..folding import fold
+    from ..api import fold
     from ..io import write_model
     from ..inputs import check_input_bytes, resolve_shapes
 
@@ -274,6 +271,7 @@ def bench(
             result = fold(model, rules, in_place=not isinstance(original, onnx.ModelProto), base_dir=base_dir)
             folded_path = Path(workdir) / "folded.onnx"
             folded_bytes = write_model(result.model, folded_path, external_data=bool(data_files), base_dir=base_dir)
+            assert result.after is not None, "fold counts it"
             after, folds, folded_label = ModelFigures.of(result.after, folded_bytes), len(result.folds), None
             del result
         else:
@@ -313,31 +311,34 @@ def run_bench(
 
     if not checked:
         options = options.checked()
+    assert options.provider is not None, "checked() resolves the provider"
     label = original_label or str(original)
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="bnfold-bench-run-") as workdir:
-        request = {
-            "original": os.fspath(original),
-            "folded": os.fspath(folded),
-            "input_shapes": input_shapes or {},
-            "seed": seed,
-            "settings": list(SETTINGS),
-            "provider": options.provider,
-            "threads": options.threads,
-            "warmup": options.warmup,
-            "runs": options.runs,
-            "time_budget": options.time_budget,
-            "min_pairs": min(MIN_PAIRS, options.runs),
-            "rounds": options.rounds,
-            "check_outputs": options.check_outputs,
-            "result": os.path.join(workdir, "result.json"),
-        }
-        raw = _run_child(request, workdir, options.on_progress, label)
+    request = {
+        "original": os.fspath(original),
+        "folded": os.fspath(folded),
+        "input_shapes": input_shapes or {},
+        "seed": seed,
+        "settings": list(SETTINGS),
+        "provider": options.provider,
+        "threads": options.threads,
+        "warmup": options.warmup,
+        "runs": options.runs,
+        "time_budget": options.time_budget,
+        "min_pairs": min(MIN_PAIRS, options.runs),
+        "rounds": options.rounds,
+        "check_outputs": options.check_outputs,
+    }
+    ended = child.run(WORKER, request, on_event=options.on_progress)
+    if not ended.ok or ended.result is None:  # (ok: there is a result)
+        raise BackendError(f"{label}: latency not measured: "
+                          f"{ended.failure(f'the measuring process failed (exit {ended.returncode})')}")
+    raw = ended.result
     if raw.get("error"):
-        raise BnfoldError(f"{label}: latency not measured: {raw['error']}")
+        raise BackendError(f"{label}: latency not measured: {raw['error']}")
     check = raw["outputs_check"]
     if check.get("differences"):
-        raise BnfoldError(interface.outputs_refusal(folded_label or f"{label} folded in memory", label,
+        raise ModelError(interface.outputs_refusal(folded_label or f"{label} folded in memory", label,
                                                     check["differences"]))
     return BenchResult(
         original=label, folded=folded_label, folds=folds, before=before, after=after, provider=options.provider,
@@ -361,51 +362,15 @@ def _materialize(model, workdir: str, name: str) -> tuple[Path, onnx.ModelProto,
     """A file for ``model`` (a path stays itself; a ModelProto is written to ``workdir``), the loaded
     model, its external data files, its bytes on disk, and the folder its weights are read from when
     it was read lazily (a path: weights stay on disk, as in ``optimize``; None for a ModelProto)."""
-    from ..io import read_model, write_model
+    from ..io import read_model, side_file
 
     if isinstance(model, onnx.ModelProto):
-        path = Path(workdir) / name
-        return path, model, [], write_model(model, path), None
+        path = child.model_file(model, workdir, name)
+        return path, model, [], _bytes_on_disk(path, [side_file(path)]), None
     path = Path(model)
     loaded, data_files = read_model(path, lazy=True)
-    return path, loaded, data_files, sum(f.stat().st_size for f in [path, *data_files] if f.exists()), path.parent
+    return path, loaded, data_files, _bytes_on_disk(path, data_files), path.parent
 
 
-def _run_child(request: dict, workdir: str, on_progress: ProgressCallback | None, label: str) -> dict:
-    request_path = os.path.join(workdir, "request.json")
-    Path(request_path).write_text(json.dumps(request))
-    stage = "starting"
-    with open(os.path.join(workdir, "stderr.txt"), "w+") as err:  # a file: a full pipe cannot block the child
-        proc = subprocess.Popen([*WORKER, request_path], stdout=subprocess.PIPE, stderr=err, text=True)
-        try:
-            for line in proc.stdout:
-                try:
-                    event = json.loads(line)
-                except ValueError:
-                    continue
-                if event.get("event") == "stage":
-                    stage = event.get("text", stage)
-                if on_progress is not None:
-                    on_progress(event)
-            proc.wait()
-        finally:
-            if proc.poll() is None:  # interrupted (Ctrl-C) or the callback raised: do not leave it running
-                proc.kill()
-                proc.wait()
-            proc.stdout.close()
-        err.seek(0)
-        stderr = err.read()
-    if proc.returncode != 0 or not os.path.exists(request["result"]):
-        raise BnfoldError(f"{label}: latency not measured: {_crash_message(proc.returncode, stderr, stage)}")
-    return json.loads(Path(request["result"]).read_text())
-
-
-def _crash_message(returncode: int, stderr: str, stage: str) -> str:
-    if returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = f"signal {-returncode}"
-        return f"the runtime crashed ({name}) while {stage}"
-    last = (stderr.strip().splitlines() or ["no message"])[-1]
-    return f"the measuring process failed (exit {returncode}) while {stage}: {' '.join(last.split())[:300]}"
+def _bytes_on_disk(path: Path, data_files: list[Path]) -> int:
+    return sum(f.stat().st_size for f in [path, *data_files] if f.exists())

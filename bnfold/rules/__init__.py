@@ -1,17 +1,23 @@
-"""The rewrite rules bnfold applies, one per file. ``DEFAULT_RULES`` is the order they run in."""
+"""The rewrite rules bnfold applies. ``DEFAULT_RULES`` is the order they run in.
 
-from .activation import ScaleAfterActivationRule
-from .affine_chain import AffineAfterLinearRule
+Every module here without a leading underscore holds one rule, or one family of rules, and is named
+after it (``linear_bn.py``: conv-bn, convtranspose-bn, gemm-bn, matmul-bn; ``qdq.py``: qdq-bn,
+qdq-affine); ``base.py`` is what a rule is. The ``_`` modules are what rules share: ``_linear.py``
+where each linear op keeps its channels, ``_site.py`` the path from a linear op to what follows it,
+``_batchnorm.py`` BN as an affine map, ``_elementwise.py`` Mul/Add/Sub/Div as one, ``_rank.py`` the
+rank of a tensor, ``_layout.py`` and ``_layout_axes.py`` a channel axis through layout ops,
+``_qdq.py`` DequantizeLinear.
+"""
+
+from .activation_scale import ScaleAfterActivationRule
+from .affine_linear import AffineAfterLinearRule
 from .base import Fold, Refusal, Rule
-from .bn_scale import BatchNormScaleRule
+from .bn_layout_linear import BatchNormLayoutLinearRule
 from .bn_linear import BatchNormLinearRule
-from .concat import ConcatBatchNormRule
-from .conv_bn import ConvBatchNormRule
-from .convtranspose_bn import ConvTransposeBatchNormRule
-from .gemm_bn import GemmBatchNormRule
-from .layout import BatchNormLayoutLinearRule
-from .matmul_bn import MatMulBatchNormRule
-from .quantized import QuantizedAffineRule, QuantizedBatchNormRule
+from .bn_scale import BatchNormScaleRule
+from .concat_bn import ConcatBatchNormRule
+from .linear_bn import ConvBatchNormRule, ConvTransposeBatchNormRule, GemmBatchNormRule, MatMulBatchNormRule
+from .qdq import QuantizedAffineRule, QuantizedBatchNormRule
 
 DEFAULT_RULES: tuple[Rule, ...] = (
     ConvBatchNormRule(),

@@ -10,6 +10,7 @@ constant nor declared is unknown, and a fold that needs it is refused with that 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypeGuard
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -30,7 +31,7 @@ LAYOUT_OPS = ("Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze")
 MAX_LAYOUT_CHAIN = 16
 
 
-def is_layout_op(node: gs.Node | None) -> bool:
+def is_layout_op(node: gs.Node | None) -> TypeGuard[gs.Node]:
     """Whether ``node`` is an ONNX layout op (one data input, one output)."""
     return (node is not None and node.op in LAYOUT_OPS and node.domain in ONNX_DOMAINS
             and bool(node.inputs) and len(node.outputs) == 1)
@@ -116,6 +117,7 @@ def _axes(node: gs.Node, graph: FoldGraph) -> list[int] | None:
 def _step(node: gs.Node, shape: Shape, axis: int, graph: FoldGraph) -> tuple[Shape, int | None, str]:
     """``node`` applied to channels on ``axis`` of ``shape``: (output shape, axis or None, its parameters in words)."""
     op = node.op
+    b: int | None
     if op == "Transpose":
         perm = attribute(node, "perm", None)
         out, b = through_transpose(shape, axis, perm)

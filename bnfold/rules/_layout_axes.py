@@ -131,13 +131,13 @@ def reshape_target(shape: Shape, target: Sequence[int], allowzero: bool = False,
         else:
             out.append(None if v == -1 else Dim(v))
     total = product(shape)
-    if None in out:
+    known = [d for d in out if d is not None]
+    if len(known) < len(out):  # the one -1: inferred
         i = out.index(None)
-        rest = product(d for d in out if d is not None)
-        out[i] = total.divided_by(rest) or Dim.unknown(f"{label}[{i}]")
-    elif total.value is not None and product(out).value is not None and total != product(out):
+        known.insert(i, total.divided_by(product(known)) or Dim.unknown(f"{label}[{i}]"))
+    elif total.value is not None and product(known).value is not None and total != product(known):
         raise LayoutError(f"shape {target} does not hold the {total} elements of {format_shape(shape)}")
-    return tuple(out)
+    return tuple(known)
 
 
 def through_reshape(shape: Shape, axis: int, target: Sequence[int], allowzero: bool = False,

@@ -59,7 +59,7 @@ def read_dequantize(node: gs.Node, graph: FoldGraph, what: str) -> Dequantized:
     if reference is not None:
         raise NoFold(f"{what} comes from {describe(node)}, whose {reference} comes from the function's attribute, "
                      "so its value is known only per call")
-    values = []
+    values: list[np.ndarray | None] = []
     for label, tensor in zip(("integers are", "scale is", "zero point is"), node.inputs[:3]):
         if not tensor.name:
             values.append(None)
@@ -116,7 +116,7 @@ def refuse_packed(dq: Dequantized, integers: bool, zero_point: bool, what: str) 
 def _exclusive(node: gs.Node, consumer: gs.Node, graph: FoldGraph) -> bool:
     """Whether ``consumer`` alone reads ``node``'s output (once), which is no graph output."""
     out = node.outputs[0]
-    return not graph.is_graph_output(out) and all(n is consumer for n in out.outputs) \
+    return not graph.is_graph_output(out) and all(n is consumer for n in graph.consumers(out)) \
         and sum(t is out for t in consumer.inputs) == 1
 
 
@@ -137,7 +137,7 @@ def write_dequantize(graph: FoldGraph, dq: Dequantized, consumer: gs.Node, index
             graph.replace_input(node, 0, graph.replacement_constant(node.inputs[0], q, f"{label}_quantized"))
         graph.replace_input(node, 1, graph.replacement_constant(node.inputs[1], quant.scale, f"{label}_scale",
                                                                 exact_scale))
-        if zp_changed:
+        if zp_changed and quant.zero_point is not None:  # (zp_changed says it is not None)
             graph.replace_input(node, 2, graph.replacement_constant(node.inputs[2], quant.zero_point,
                                                                     f"{label}_zero_point"))
         if changed_axis:
@@ -151,7 +151,7 @@ def write_dequantize(graph: FoldGraph, dq: Dequantized, consumer: gs.Node, index
     if axis is not None:
         attrs["axis"] = axis
     y = node.outputs[0]
-    out = gs.Variable(graph.fresh_name(f"{label}_dequantized"), dtype=y.dtype, shape=y.shape)
+    out = graph.new_tensor(f"{label}_dequantized", dtype=y.dtype, shape=y.shape)
     graph.add_node("DequantizeLinear", inputs, [out], after=node, name=f"{label}_dequantize", attrs=attrs)
     graph.replace_input(consumer, index, out)
 

@@ -6,6 +6,11 @@ A rule has three parts, each a method:
 - ``check(match, graph)``: semantics. Read constants, test every precondition, do the fold math.
   Returns a plan (everything ``rewrite`` needs) or raises NoFold with a reason a user can read.
 - ``rewrite(plan, graph)``: edit the graph. Never fails; returns the Fold to report.
+
+Matches and plans are frozen dataclasses. Rules read and edit the graph through ``FoldGraph``'s
+queries (``producer``, ``consumers``, ``owns``, ``constant``, ``looks_constant``, ...) and edits
+(``replace_input``, ``take_output``, ``insert_after``, ``new_constant``, ...), never by rewiring
+graphsurgeon's tensors and nodes themselves: FoldGraph records every edit for the export.
 """
 
 from __future__ import annotations
@@ -61,6 +66,11 @@ def describe(node: gs.Node | None) -> str:
     if node is None:
         return "nothing"
     return f"{node.op} '{node.name}'" if node.name else f"an unnamed {node.op}"
+
+
+def label(node: gs.Node) -> str:
+    """The base of the names of tensors and nodes a fold makes for ``node``: its name, else its output's."""
+    return node.name or node.outputs[0].name
 
 
 class Rule(ABC):

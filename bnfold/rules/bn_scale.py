@@ -2,7 +2,7 @@
 
 Caffe2 exports a "scale layer" after each BN as ``Mul`` and ``Add`` of per-channel constants
 (the onnx package's light_densenet121 has 121 of them). With the elementwise op read as
-``z = s * y + t`` (see ``affine_chain.affine_of``) and ``y = BN(x)``:
+``z = s * y + t`` (see ``_elementwise.affine_of``) and ``y = BN(x)``:
 
     s * (gamma * x_hat + beta) + t  =  (s * gamma) * x_hat + (s * beta + t)
 
@@ -14,7 +14,7 @@ layer, and a later BN → Conv fold takes the whole chain with it.
 
 Per channel means along axis 1 of BN's output: for a rank-4 output a scalar, ``[1]``,
 ``[C, 1, 1]`` or ``[1, C, 1, 1]``; ``[C]`` only for a 2-D output ``[N, C]``. The output rank comes
-from declared shapes or from the producers that fix it (``output_rank``); when it is unknown,
+from declared shapes or from the producers that fix it (``_rank.rank_of``); when it is unknown,
 only a scalar or ``[1]`` folds.
 
 Preconditions (each refusal names the reason): the BN is an inference op with constant
@@ -31,82 +31,16 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from .. import foldmath
 from ..constants import ONNX_DOMAINS
 from ..errors import NoFold
-from .. import foldmath
 from ..foldmath import cast_checked
 from ..graph import FoldGraph
-from .affine_chain import (
-    AFFINE_OPS, Elementwise, affine_of, elementwise_operands, looks_constant, read_operand,
-)
-from .base import Fold, Rule, describe
-from .batchnorm import check_inference_only, read_affine
-from .linear import rank_of, require_exclusive, require_same_scope
-
-#: Ops whose (first) output has the rank of their first input.
-_SAME_RANK = frozenset(
-    {
-        "Abs", "AveragePool", "BatchNormalization", "Cast", "Ceil", "Clip", "Conv", "ConvTranspose",
-        "Dropout", "Elu", "Erf", "Exp", "Floor", "GlobalAveragePool", "GlobalLpPool", "GlobalMaxPool",
-        "HardSigmoid", "HardSwish", "Identity", "InstanceNormalization", "LRN", "LeakyRelu", "Log",
-        "LogSoftmax", "LpNormalization", "LpPool", "MaxPool", "Neg", "PRelu", "Reciprocal", "Relu",
-        "Selu", "Sigmoid", "Softmax", "Softplus", "Softsign", "Sqrt", "Tanh", "ThresholdedRelu",
-    }
-)
-#: Ops with numpy broadcasting: the output rank is the largest input rank.
-_BROADCAST = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Where"})
-#: Give up following producers further back than this (one Python frame each; DenseNet-121 needs ~100).
-MAX_RANK_DEPTH = 200
-
-
-def output_rank(tensor: gs.Tensor, graph: FoldGraph) -> int | None:
-    """The rank of ``tensor``: declared, or from producers that fix it (None when unknown).
-
-    Extends ``linear.rank_of`` with pooling, Concat and broadcasting ops, which is what a model
-    without value_info (the light model zoo) needs to tell which axis a constant lands on.
-    """
-    memo: dict[int, int | None] = {}
-
-    def visit(t: gs.Tensor, depth: int) -> int | None:
-        if t.shape is not None:
-            return len(t.shape)
-        if id(t) in memo:
-            return memo[id(t)]
-        rank = None
-        node = graph.producer(t)
-        if node is not None and node.domain in ONNX_DOMAINS and node.outputs and node.outputs[0] is t \
-                and depth < MAX_RANK_DEPTH:
-            inputs = [i for i in node.inputs if i.name]
-            if node.op in _SAME_RANK and inputs:
-                rank = visit(inputs[0], depth + 1)
-            elif node.op == "Concat":  # every input has the output's rank: the first one known
-                for i in inputs:
-                    rank = visit(i, depth + 1)
-                    if rank is not None:
-                        break
-            elif node.op in _BROADCAST and inputs:  # the largest, if every input's is known
-                rank = 0
-                for i in inputs:
-                    r = visit(i, depth + 1)
-                    if r is None:
-                        rank = None
-                        break
-                    rank = max(rank, r)
-            else:
-                rank = rank_of(t, graph)
-        if rank is None and isinstance(t, gs.Variable):
-            rank = _constant_rank(t, graph)
-        memo[id(t)] = rank
-        return rank
-
-    return visit(tensor, 0)
-
-
-def _constant_rank(tensor: gs.Tensor, graph: FoldGraph) -> int | None:
-    """The rank of a constant computed by nodes (an Unsqueeze of a ConstantOfShape, say)."""
-    if not looks_constant(tensor, graph):
-        return None
-    return int(np.ndim(graph.constant(tensor)))
+from ._batchnorm import check_inference_only, read_affine
+from ._elementwise import AFFINE_OPS, Elementwise, affine_of, elementwise_operands, read_operand
+from ._rank import rank_of
+from ._site import require_exclusive, require_same_scope
+from .base import Fold, Rule, describe, label
 
 
 @dataclass(frozen=True)
@@ -158,7 +92,7 @@ class BatchNormScaleRule(Rule):
         dtype = y.dtype if y.dtype is not None else bn.inputs[0].dtype
         if dtype is None and graph.opset < 15:  # before opset 15 the parameters have the type of X
             dtype = gamma.dtype
-        c = read_operand(element, graph, dtype, output_rank(y, graph), gamma.size, 1)
+        c = read_operand(element, graph, dtype, rank_of(y, graph), gamma.size, 1)
         s, t = affine_of(element, c)
         target = _parameter_dtype(bn, gamma.dtype, np.asarray(graph.constant(element.operand)).dtype, graph)
         g64, b64 = (np.asarray(v if p is None else p, dtype=np.float64)
@@ -170,15 +104,12 @@ class BatchNormScaleRule(Rule):
 
     def rewrite(self, plan: BatchNormScalePlan, graph: FoldGraph) -> Fold:
         bn, node = plan.bn, plan.element.node
-        label = bn.name or bn.outputs[0].name
-        new_scale = graph.replacement_constant(bn.inputs[1], plan.scale, f"{label}.scale_folded", plan.exact_scale)
+        name = label(bn)
+        new_scale = graph.replacement_constant(bn.inputs[1], plan.scale, f"{name}.scale_folded", plan.exact_scale)
         graph.replace_input(bn, 1, new_scale)
-        new_bias = graph.replacement_constant(bn.inputs[2], plan.bias, f"{label}.bias_folded", plan.exact_bias)
+        new_bias = graph.replacement_constant(bn.inputs[2], plan.bias, f"{name}.bias_folded", plan.exact_bias)
         graph.replace_input(bn, 2, new_bias)
-        z = node.outputs[0]
-        node.outputs.clear()
-        graph.replace_output(bn, 0, z)  # z keeps its name, dtype and shape
-        graph.remove_node(node)
+        z = graph.take_output(bn, node)  # z keeps its name, dtype and shape
         return Fold(self.name, node.name, node.op, bn.name, bn.op, output=z.name)
 
 

@@ -7,7 +7,7 @@ DequantizeLinear of an integer constant:
     DequantizeLinear(Wq, scale, zp) ┴→ Conv | ConvTranspose | Gemm | MatMul [→ bias Add] → BN | Mul/Add/Sub/Div
 
 No float weight exists to scale, so the other rules refuse it. Here the per-channel affine map
-``y -> s * y + t`` (see ``linear.py``, ``batchnorm.py``, ``affine_chain.py``) folds without ever
+``y -> s * y + t`` (see ``_linear.py``, ``_batchnorm.py``, ``_elementwise.py``) folds without ever
 materializing one (``bnfold.quantmath`` has the math):
 
 - **Weight**: ``s`` goes into the DequantizeLinear **scale** along the weight's output-channel
@@ -44,31 +44,22 @@ node also reads is never changed (the folded op gets a new DequantizeLinear and 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..attributes import float_attr, int_attr, is_reference
+from ..attributes import int_attr
 from ..errors import NoFold
 from ..foldmath import cast_checked, narrow
 from ..graph import FoldGraph
 from ..quantmath import Quantization, ScaleFold, dequantize, fold_into_scale, product_convention, requantize
-from .affine_chain import AFFINE_OPS, Elementwise, affine_of, elementwise_operands, looks_constant, read_operand
-from .base import Fold, Rule, describe
-from .batchnorm import check_inference_only, read_affine
-from .linear import (
-    KINDS,
-    Linear,
-    LinearSite,
-    _check_channel_reshape,
-    attach_bias,
-    locate_linear,
-    rank_of,
-    require_exclusive,
-    require_same_scope,
-)
+from ._batchnorm import check_inference_only, read_affine
+from ._elementwise import AFFINE_OPS, Elementwise, affine_of, read_operand
+from ._linear import KINDS, Linear, attach_bias, new_bias_add, other_input
 from ._qdq import Dequantized, dequantize_node, dequantized_dtype, read_dequantize, refuse_packed, write_dequantize
+from ._site import LinearSite, check_path, locate_affine, locate_linear, require_exclusive, require_same_scope
+from .base import Fold, Rule, describe, label
 
 
 @dataclass(frozen=True)
@@ -89,7 +80,7 @@ class QuantizedMatch:
     element: Elementwise | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class QuantizedLinear:
     """A linear op with its weight through DequantizeLinear, read as ``y = W x + b`` per channel.
 
@@ -131,10 +122,7 @@ def weight_dequantize(node: gs.Node, graph: FoldGraph) -> gs.Node:
 def _bias_tensor(site: LinearSite) -> gs.Tensor | None:
     node = site.node
     if node.op == "MatMul":
-        if site.walked is node:
-            return None
-        add = site.walked
-        return add.inputs[1] if add.inputs[0] is node.outputs[0] else add.inputs[0]
+        return None if site.walked is node else other_input(site.walked, node.outputs[0])
     return node.inputs[2] if len(node.inputs) > 2 and node.inputs[2].name else None
 
 
@@ -150,19 +138,9 @@ def _input_scale(node: gs.Node, graph: FoldGraph) -> float | None:
     return float(scale.reshape(-1)[0]) if scale.size == 1 else None
 
 
-def _rank(tensor: gs.Tensor, graph: FoldGraph) -> int | None:
-    """``linear.rank_of``, through the QuantizeLinear → DequantizeLinear pairs of a QDQ model (they keep shapes)."""
-    for _ in range(4):
-        node = graph.producer(tensor)
-        if tensor.shape is not None or node is None or node.op not in ("QuantizeLinear", "DequantizeLinear"):
-            break
-        tensor = node.inputs[0]
-    return rank_of(tensor, graph)
-
-
 def read_quantized_linear(site: LinearSite, graph: FoldGraph) -> QuantizedLinear:
     """The located linear op with its DequantizeLinear weight and its bias, and the path from it to
-    the affine op checked as ``linear.read_linear`` checks it; NoFold says why not."""
+    the affine op checked as ``_site.read_linear`` checks it (``check_path``); NoFold says why not."""
     node = site.node
     for n in (node, site.walked, *site.via):
         require_same_scope(n, graph)
@@ -171,19 +149,18 @@ def read_quantized_linear(site: LinearSite, graph: FoldGraph) -> QuantizedLinear
     if node.op in ("Conv", "ConvTranspose"):
         if q.ndim < 3:
             raise NoFold(f"{describe(node)} weight has rank {q.ndim}; a {node.op} weight has rank >= 3")
-        channels = q.shape[0] if node.op == "Conv" else q.shape[1] * int_attr(node, "group", 1)
-        out_rank, channel_axis = q.ndim, 1
-    else:
-        if q.ndim != 2:
-            raise NoFold(f"{describe(node)} weight has rank {q.ndim}; only a 2-D weight folds")
-        channels = q.shape[0 if node.op == "Gemm" and int_attr(node, "transB", 0) else 1]
-        out_rank, channel_axis = (2, 1) if node.op == "Gemm" else (_rank(node.inputs[0], graph), -1)
+    elif q.ndim != 2:
+        raise NoFold(f"{describe(node)} weight has rank {q.ndim}; only a 2-D weight folds")
+    kind = KINDS[node.op]
+    out_rank, channel_axis = kind.output_axes(node, q, graph)
+    channels = kind.channels(node, q)
     stand_in = np.broadcast_to(np.zeros((), dequantized_dtype(weight)), q.shape)
-    linear = Linear(KINDS[node.op], node, stand_in, None, channels, out_rank, channel_axis, via=list(site.via))
+    linear = Linear(kind, node, stand_in, None, channels, out_rank, channel_axis, via=site.via)
     bias_dq = None
     tensor = _bias_tensor(site)
     if tensor is not None:
         dq = dequantize_node(tensor, graph)
+        exact = None
         if dq is not None:
             bias_dq = read_dequantize(dq, graph, f"the bias of {describe(node)}")
             if bias_dq.q.ndim != 1 or bias_dq.q.size != channels or bias_dq.quant.layout == "blocked":
@@ -196,20 +173,12 @@ def read_quantized_linear(site: LinearSite, graph: FoldGraph) -> QuantizedLinear
                 bias = graph.constant(tensor)
             except NoFold as exc:
                 raise NoFold(f"{describe(node)} has a non-constant bias: {exc.reason}") from None
-            linear.exact_bias = graph.precise(tensor)
+            exact = graph.precise(tensor)
         if node.op == "MatMul":
-            attach_bias(linear, site.walked, bias)
+            linear = attach_bias(linear, site.walked, bias, exact)
         else:
-            linear.bias = bias
-    chain = [node] + ([linear.bias_node] if linear.bias_node is not None else []) + linear.via
-    for producer, consumer in zip(chain, chain[1:]):
-        require_exclusive(producer, consumer, graph)
-    if linear.via:
-        _check_channel_reshape(linear.via[0], linear, graph)
-    elif site.channel_axis_1 and linear.channel_axis != 1 and linear.out_rank != 2:
-        rank = "unknown" if linear.out_rank is None else str(linear.out_rank)
-        raise NoFold(f"{describe(node)} puts its channels on the last axis, but the output rank is {rank}: "
-                     "axis 1 is not the channel axis (only a 2-D output [N, C] folds)")
+            linear = replace(linear, bias=bias, exact_bias=exact)
+    check_path(linear, site, graph)
     return QuantizedLinear(linear, weight, bias_dq, _input_scale(node, graph))
 
 
@@ -218,13 +187,11 @@ def read_quantized_linear(site: LinearSite, graph: FoldGraph) -> QuantizedLinear
 
 def weight_factors(ql: QuantizedLinear, s: np.ndarray) -> tuple[np.ndarray, int]:
     """The factors along the weight's output-channel axis, and that axis (see the module docstring)."""
-    node, q = ql.linear.node, ql.weight.q
-    if node.op == "Conv":
-        return s, 0
-    if node.op == "Gemm":
-        return s, 0 if int_attr(node, "transB", 0) else 1
-    if node.op == "MatMul":
-        return s, 1
+    linear, q = ql.linear, ql.weight.q
+    axis = linear.kind.weight_axis(linear)
+    if axis is not None:  # Conv, Gemm, MatMul: the axis the float weight is scaled along
+        return s, axis
+    node = linear.node  # ConvTranspose
     group = int_attr(node, "group", 1)
     if q.shape[0] % group:
         raise NoFold(f"{describe(node)} weight has {q.shape[0]} input channels, not divisible by group {group}")
@@ -247,16 +214,20 @@ def _per_channel_weight_scale(ql: QuantizedLinear, quant: Quantization, axis: in
     return None
 
 
-def _requantized_bias(ql: QuantizedLinear, weight: ScaleFold, axis: int, s: np.ndarray, target: np.ndarray,
-                      graph: FoldGraph) -> tuple[np.ndarray, Quantization, float]:
-    """New integers and quantization of an integer bias (see the module docstring) and the error bound."""
-    node, old = ql.linear.node, ql.bias_dq.quant
+def _requantized_bias(ql: QuantizedLinear, bias_dq: Dequantized, weight: ScaleFold, axis: int, s: np.ndarray,
+                      target: np.ndarray, graph: FoldGraph) -> tuple[np.ndarray, Quantization, float]:
+    """New integers and quantization of ``ql``'s integer bias, ``bias_dq`` (see the module docstring), and the
+    error bound."""
+    node, old = ql.linear.node, bias_dq.quant
     what = f"bias scale of {describe(node)}"
     old_ws = _per_channel_weight_scale(ql, ql.weight.quant, axis)
+    new_ws = _per_channel_weight_scale(ql, weight.quant, axis)  # the folded weight's
     channels = ql.linear.channels
     bias_scale = np.broadcast_to(np.asarray(old.scale, dtype=np.float64).reshape(-1), (channels,))
-    if ql.input_scale is not None and old_ws is not None and product_convention(bias_scale, ql.input_scale, old_ws):
-        scaled = ql.input_scale * _per_channel_weight_scale(ql, weight.quant, axis)
+    scaled: np.ndarray
+    if (ql.input_scale is not None and old_ws is not None and new_ws is not None
+            and product_convention(bias_scale, ql.input_scale, old_ws)):
+        scaled = ql.input_scale * new_ws
     else:
         scaled = bias_scale * np.abs(s)
     if old.layout == "tensor" and np.all(scaled == scaled[0]):
@@ -269,8 +240,8 @@ def _requantized_bias(ql: QuantizedLinear, weight: ScaleFold, axis: int, s: np.n
         if zp is not None and zp.size == 1:
             zp = np.full(channels, zp.reshape(()), dtype=zp.dtype)
         new = Quantization(cast_checked(scaled, old.scale.dtype, what, original=bias_scale), zp, 0)
-    q, bound = requantize(target, new, ql.bias_dq.q.dtype, f"bias of {describe(node)}")
-    refuse_packed(ql.bias_dq, True, new.zero_point is not old.zero_point, f"the bias of {describe(node)}")
+    q, bound = requantize(target, new, bias_dq.q.dtype, f"bias of {describe(node)}")
+    refuse_packed(bias_dq, True, new.zero_point is not old.zero_point, f"the bias of {describe(node)}")
     return q, new, bound
 
 
@@ -289,7 +260,7 @@ def plan_fold(ql: QuantizedLinear, s: np.ndarray, t: np.ndarray, follower: gs.No
     target = linear.kind.folded_bias(linear, s, t)
     negated = tuple(int(c) for c in np.flatnonzero(s < 0))
     if ql.bias_dq is not None:
-        q, quant, bound = _requantized_bias(ql, fold, axis, s, target, graph)
+        q, quant, bound = _requantized_bias(ql, ql.bias_dq, fold, axis, s, target, graph)
         return QuantizedPlan(ql, follower, fold, int_bias=(q, quant), bound=bound, negated=negated)
     if linear.bias is None and not np.any(target):  # scale only, into an op without bias: add no zero bias
         return QuantizedPlan(ql, follower, fold, negated=negated)
@@ -299,49 +270,38 @@ def plan_fold(ql: QuantizedLinear, s: np.ndarray, t: np.ndarray, follower: gs.No
                          negated=negated)
 
 
-def _label(node: gs.Node) -> str:
-    return node.name or node.outputs[0].name
-
-
 def write_fold(plan: QuantizedPlan, graph: FoldGraph) -> tuple[str, ...]:
     """Edit the graph as ``plan`` says and remove the follower; returns the outputs of nodes added
     in its place (a MatMul's new bias Add), as ``Fold.added`` wants them."""
     ql, follower = plan.ql, plan.follower
     linear, node = ql.linear, ql.linear.node
-    label = _label(node)
+    name = label(node)
     weight = plan.weight
-    write_dequantize(graph, ql.weight, node, 1, weight.q, weight.quant, f"{label}.weight", weight.exact_scale)
-    tail, added = linear.bias_node or node, ()
+    write_dequantize(graph, ql.weight, node, 1, weight.q, weight.quant, f"{name}.weight", weight.exact_scale)
+    tail = linear.bias_node or node
+    added: tuple[str, ...] = ()
     bias_index = 2
     if linear.bias_node is not None:
-        add = linear.bias_node
-        bias_index = 0 if add.inputs[1] is node.outputs[0] else 1
+        bias_index = 0 if linear.bias_node.inputs[1] is node.outputs[0] else 1
     if plan.int_bias is not None:
+        assert ql.bias_dq is not None, "plan_fold re-quantizes an integer bias only"
         q, quant = plan.int_bias
-        write_dequantize(graph, ql.bias_dq, tail, bias_index, q, quant, f"{label}.bias")
+        write_dequantize(graph, ql.bias_dq, tail, bias_index, q, quant, f"{name}.bias")
     elif plan.float_bias is not None:
         if linear.bias is not None:
-            new = graph.replacement_constant(tail.inputs[bias_index], plan.float_bias, f"{label}.bias_folded",
+            new = graph.replacement_constant(tail.inputs[bias_index], plan.float_bias, f"{name}.bias_folded",
                                              plan.exact_bias)
             graph.replace_input(tail, bias_index, new)
         elif node.op == "MatMul":
-            y = node.outputs[0]
-            product = gs.Variable(graph.fresh_name(f"{label}.product"), dtype=y.dtype)
-            graph.replace_output(node, 0, product)
-            bias = graph.new_constant(f"{label}.bias_folded", plan.float_bias, plan.exact_bias)
-            tail = graph.add_node("Add", [product, bias], [y], after=node, name=f"{label}.bias_add")
+            tail = new_bias_add(node, plan.float_bias, plan.exact_bias, graph)
             added = (follower.outputs[0].name,)
         else:
-            graph.replace_input(node, 2, graph.new_constant(f"{label}.bias_folded", plan.float_bias, plan.exact_bias))
-    if node.op == "Gemm" and (plan.int_bias is not None or plan.float_bias is not None) and \
-            (is_reference(node, "beta") or float_attr(node, "beta", 1.0) != 1.0):
-        graph.set_attr(node, "beta", 1.0)  # beta is folded into the new C
+            graph.replace_input(node, 2, graph.new_constant(f"{name}.bias_folded", plan.float_bias, plan.exact_bias))
+    if plan.int_bias is not None or plan.float_bias is not None:
+        linear.kind.after_new_bias(node, graph)  # Gemm: beta is folded into the new C
     if linear.via:
         tail = linear.via[-1]
-    y = follower.outputs[0]
-    follower.outputs.clear()
-    graph.replace_output(tail, 0, y)  # y keeps its name, dtype and shape
-    graph.remove_node(follower)
+    graph.take_output(tail, follower)  # its output keeps its name, dtype and shape
     return added
 
 
@@ -384,7 +344,7 @@ def _locate(element: Elementwise, graph: FoldGraph) -> LinearSite:
     site = locate_linear(element.y, graph, tuple(KINDS), quantized=True)
     if site.walked is not site.node:  # an Add after a MatMul: only its bias Add leads back to it
         others = [t for t in site.walked.inputs[:2] if graph.producer(t) is not site.node]
-        if len(others) != 1 or not (looks_constant(others[0], graph) or dequantize_node(others[0], graph)):
+        if len(others) != 1 or not (graph.looks_constant(others[0]) or dequantize_node(others[0], graph)):
             raise NoFold(f"its input comes from {describe(site.walked)}, which adds an activation to "
                          f"{describe(site.node)}")
     weight_dequantize(site.node, graph)
@@ -393,32 +353,19 @@ def _locate(element: Elementwise, graph: FoldGraph) -> LinearSite:
 
 class QuantizedAffineRule(Rule):
     """Mul/Add/Sub/Div by a per-channel constant after a linear op whose weight comes through
-    DequantizeLinear; see the module docstring and ``affine_chain.py``."""
+    DequantizeLinear; see the module docstring and ``affine_linear.py``."""
 
     name = "qdq-affine"
     anchors = AFFINE_OPS
     report_unmatched = False
 
     def match(self, node: gs.Node, graph: FoldGraph) -> QuantizedMatch:
-        candidates = elementwise_operands(node, graph)
-        if not candidates:
-            raise NoFold("no operand is a constant")
-        reasons = []
-        for element in candidates:
-            try:
-                site = _locate(element, graph)
-            except NoFold as exc:
-                reasons.append(exc.reason)
-                continue
-            if node.op == "Div" and element.index == 1:
-                raise NoFold("it divides a constant by the linear op's output, which is not affine")
-            if node.op == "Add" and site.node.op == "MatMul" and site.walked is site.node:
-                raise NoFold(f"it is the bias of {describe(site.node)} already: nothing to fold")
-            return QuantizedMatch(site, node, element)
-        raise NoFold(reasons[0])
+        element, site = locate_affine(node, graph, _locate)
+        return QuantizedMatch(site, node, element)
 
     def check(self, match: QuantizedMatch, graph: FoldGraph) -> QuantizedPlan:
         element = match.element
+        assert element is not None, "this rule's match names the constant operand"
         ql = read_quantized_linear(match.site, graph)
         linear = ql.linear
         require_exclusive(linear.tail, element.node, graph)

@@ -66,5 +66,6 @@ def read_affine(bn: gs.Node, graph: FoldGraph, channels: int) -> BatchNormAffine
             raise NoFold(f"its {label} '{tensor.name}' has shape {list(value.shape)}, expected [{channels}]")
         precise = graph.precise(tensor)  # a scale or bias bn-scale wrote in float16: its unrounded values
         values.append(value if precise is None else precise)
-    s, t = bn_affine(*values, float_attr(bn, "epsilon", DEFAULT_EPSILON))
+    gamma, beta, mean, var = values  # check_inference_only saw BN's five inputs
+    s, t = bn_affine(gamma, beta, mean, var, float_attr(bn, "epsilon", DEFAULT_EPSILON))
     return BatchNormAffine(bn, s, t)

@@ -9,8 +9,8 @@ bn-linear folds a BN right before a MatMul (``W' = diag(s) W``, the shift ``t W`
 and the layout ops stay, reading BN's input.
 
 The other direction, linear op → layout ops → BN, is folded by conv-bn, convtranspose-bn, gemm-bn
-and matmul-bn themselves: ``linear.locate_linear`` walks back through the layout ops and
-``linear.read_linear`` proves that they bring the channels to axis 1.
+and matmul-bn themselves (``linear_bn.py``): ``_site.locate_linear`` walks back through the layout
+ops and ``_site.read_linear`` proves that they bring the channels to axis 1.
 
 Preconditions (each refusal names the node and the reason):
 - every node reading BN's output, or a layout op's output after it, is a layout op (data input)
@@ -34,18 +34,15 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..attributes import int_attr
 from ..constants import ONNX_DOMAINS
 from ..errors import NoFold
-from ..foldmath import cast_checked, narrow
 from ..graph import FoldGraph
+from ._batchnorm import check_inference_only, read_affine
 from ._layout import MAX_LAYOUT_CHAIN, channel_shape, follow_layout, is_layout_op
 from ._layout_axes import Shape
-from .base import Fold, Rule, describe
-from .batchnorm import check_inference_only, read_affine
-from .bn_linear import SIDES
-from .bn_scale import output_rank
-from .linear import FoldedLinear, Linear
+from ._linear import SIDES, FoldedLinear, Linear, fold_input, write_all
+from ._rank import rank_of
+from .base import Fold, Rule, describe, label
 
 
 @dataclass(frozen=True)
@@ -77,45 +74,17 @@ def _unique(nodes: list[gs.Node]) -> list[gs.Node]:
     return list(seen.values())
 
 
-def _label(node: gs.Node) -> str:
-    return node.name or node.outputs[0].name
-
-
-def _reader_axis(node: gs.Node) -> tuple[int, str]:
-    """The input axis ``node`` reads its input channels from (negative: from the end), in words too."""
-    if node.op == "Conv":
-        return 1, "axis 1"
-    if node.op == "Gemm":
-        trans_a = int_attr(node, "transA", 0)
-        return (0 if trans_a else 1), f"axis {0 if trans_a else 1} (transA={trans_a})"
-    return -1, "the last axis"  # MatMul: the last axis of A, whatever its rank
-
-
 def _check_reader(reader: Reader, shape: Shape, axis: int, linear: Linear, channels: int) -> None:
     """The channels reach ``reader`` on ``axis`` of an input of ``shape``: the axis it reads them from."""
-    node, rank = reader.node, len(shape)
+    node, rank, side = reader.node, len(shape), SIDES[reader.node.op]
     where = f"{describe(node)} reads the {channels} channels on axis {axis} of a rank-{rank} input"
-    if node.op == "Conv" and rank != linear.weight.ndim:
-        raise NoFold(f"{where}, but its weight has rank {linear.weight.ndim}")
-    if node.op == "Gemm" and rank != 2:
-        raise NoFold(f"{where}; Gemm's A has rank 2")
-    wanted, words = _reader_axis(node)
+    side.check_data_rank(linear, rank, where)
+    wanted, words = side.data_axis(node)
     if axis != wanted % rank:
         raise NoFold(f"{where}, but it reads its input channels on {words}")
-    count = SIDES[node.op].in_channels(linear)
+    count = side.in_channels(linear)
     if count != channels:
         raise NoFold(f"{describe(node)} reads {count} input channels, BN has {channels}")
-
-
-def _fold(linear: Linear, s: np.ndarray, t: np.ndarray) -> FoldedLinear:
-    """``linear`` reading ``x`` instead of ``s * x + t`` along its input channels, cast and checked."""
-    side = SIDES[linear.node.op]
-    weight64, bias64 = side.fold(linear, s, t)
-    what = describe(linear.node)
-    weight = cast_checked(weight64, linear.weight.dtype, f"weight of {what}", original=linear.weight)
-    bias = cast_checked(bias64, side.bias_dtype(linear), f"bias of {what}")
-    return FoldedLinear(linear, weight, bias, weight64 if narrow(weight.dtype) else None,
-                        bias64 if narrow(bias.dtype) else None)
 
 
 class BatchNormLayoutLinearRule(Rule):
@@ -165,7 +134,7 @@ class BatchNormLayoutLinearRule(Rule):
         except NoFold as exc:
             raise NoFold(f"its scale is not a constant: {exc.reason}") from None
         channels = int(gamma.size)
-        start, _ = channel_shape(bn.inputs[0], output_rank(bn.inputs[0], graph), 1, channels)
+        start, _ = channel_shape(bn.inputs[0], rank_of(bn.inputs[0], graph), 1, channels)
         linears = []
         for reader in match.readers:  # where the channels land first, then the reader's constants and padding
             shape, axis, _ = follow_layout(reader.path, start, 1, "BN's input", graph)
@@ -178,19 +147,13 @@ class BatchNormLayoutLinearRule(Rule):
         affine = read_affine(bn, graph, channels)
         out = bn.outputs[0]
         first = [r.node for r in match.readers if not r.path] + [n for n in match.layout if n.inputs[0] is out]
-        return BNLayoutLinearPlan(bn, tuple(_fold(lin, affine.s, affine.t) for lin in linears), tuple(first))
+        return BNLayoutLinearPlan(bn, tuple(fold_input(lin, affine.s, affine.t) for lin in linears), tuple(first))
 
     def rewrite(self, plan: BNLayoutLinearPlan, graph: FoldGraph) -> Fold:
         bn = plan.bn
         x = bn.inputs[0]
-        names = [_label(f.linear.node) for f in plan.folded]  # before MatMul outputs are renamed
-        added = []
-        for folded in plan.folded:
-            linear = folded.linear
-            y = linear.node.outputs[0].name
-            tail = linear.kind.write(folded, graph)
-            if tail is not linear.node and tail is not linear.bias_node:
-                added.append(y)  # a new bias Add produces the MatMul's old output
+        names = [label(f.linear.node) for f in plan.folded]  # before MatMul outputs are renamed
+        added = write_all(plan.folded, graph)
         for node in plan.first:
             graph.replace_input(node, 0, x)
         if not graph.is_removed(bn):  # replacing its last reader already released it

@@ -29,8 +29,8 @@ an elementwise activation after a linear op with a constant weight. Precondition
 - every scale is positive (and finite): for ``s <= 0`` the identity fails;
 - nothing else reads the linear op's output (or its bias Add's) or the activation's, and neither
   is a graph output (both change: they are ``1/s`` of what they were);
-- the constant is per output channel (see ``linear.per_channel``), of the output's dtype; a BN's
-  channels are on axis 1 (MatMul: only a 2-D output) and it is an inference op;
+- the constant is per output channel (see ``_elementwise.per_channel``), of the output's dtype;
+  a BN's channels are on axis 1 (MatMul: only a 2-D output) and it is an inference op;
 - the weight and bias are constants, and the folded ones are finite and keep their precision.
 """
 
@@ -45,13 +45,11 @@ import onnx_graphsurgeon as gs
 from ..constants import ONNX_DOMAINS
 from ..errors import NoFold
 from ..graph import FoldGraph
-from .affine_chain import Elementwise, affine_of, elementwise_operands, looks_constant, read_operand
+from ._batchnorm import check_inference_only, read_affine
+from ._elementwise import Elementwise, affine_of, elementwise_operands, read_operand
+from ._linear import KINDS, FoldedLinear, fold_affine
+from ._site import LinearSite, locate_linear, read_linear, require_exclusive, require_same_scope
 from .base import Fold, Rule, describe
-from .batchnorm import check_inference_only, read_affine
-from .linear import (
-    KINDS, FoldedLinear, LinearSite, fold_affine, locate_linear, read_linear, require_exclusive,
-    require_same_scope,
-)
 
 #: Activations with f(s·x) = s·f(x) for every s > 0.
 HOMOGENEOUS = ("Relu", "LeakyRelu", "PRelu")
@@ -106,10 +104,10 @@ def _linear_behind(act: gs.Node, graph: FoldGraph) -> LinearSite:
     site = locate_linear(act.inputs[0], graph, tuple(KINDS))
     if site.walked is not site.node:
         others = [t for t in site.walked.inputs[:2] if graph.producer(t) is not site.node]
-        if len(others) != 1 or not looks_constant(others[0], graph):
+        if len(others) != 1 or not graph.looks_constant(others[0]):
             raise NoFold(f"{describe(act)} reads {describe(site.walked)}, which adds an activation to "
                          f"{describe(site.node)}")
-    if len(site.node.inputs) < 2 or not looks_constant(site.node.inputs[1], graph):
+    if len(site.node.inputs) < 2 or not graph.looks_constant(site.node.inputs[1]):
         raise NoFold(f"{describe(site.node)} has no constant weight: it is not a layer to fold into")
     return site
 
@@ -176,8 +174,5 @@ class ScaleAfterActivationRule(Rule):
     def rewrite(self, plan: ScaleAfterActivationPlan, graph: FoldGraph) -> Fold:
         node, linear = plan.node, plan.folded.linear
         linear.kind.write(plan.folded, graph)
-        y = node.outputs[0]
-        node.outputs.clear()
-        graph.replace_output(plan.activation, 0, y)  # y keeps its name, dtype and shape
-        graph.remove_node(node)
+        y = graph.take_output(plan.activation, node)  # y keeps its name, dtype and shape
         return Fold(self.name, node.name, node.op, linear.node.name, linear.node.op, output=y.name)

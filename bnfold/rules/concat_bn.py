@@ -7,7 +7,7 @@
 
 and each slice folds into its producer as conv-bn, convtranspose-bn, gemm-bn or matmul-bn would
 fold a BN of that slice's statistics (``W_j' = s_j * W_j``, ``b_j' = s_j * b_j + t_j``; see
-``linear.py``). The Concat stays and produces what the BN produced; the BN goes (TensorFlow's
+``_linear.py``). The Concat stays and produces what the BN produced; the BN goes (TensorFlow's
 fold_old_batch_norms does this for Conv2D → ConcatV2 → FusedBatchNorm).
 
 Preconditions (each refusal names the node and the reason). The BN is one node: it folds into
@@ -33,13 +33,11 @@ from ..attributes import int_attr
 from ..constants import ONNX_DOMAINS
 from ..errors import NoFold
 from ..graph import FoldGraph
+from ._batchnorm import check_inference_only, read_affine
+from ._linear import KINDS, FoldedLinear, fold_affine, write_all
+from ._rank import rank_of
+from ._site import LinearSite, locate_linear, read_linear, require_exclusive, require_same_scope
 from .base import Fold, Rule, describe
-from .batchnorm import check_inference_only, read_affine
-from .bn_scale import output_rank
-from .linear import (
-    KINDS, FoldedLinear, LinearSite, fold_affine, locate_linear, read_linear, require_exclusive,
-    require_same_scope,
-)
 
 
 @dataclass(frozen=True)
@@ -81,7 +79,7 @@ class ConcatBatchNormRule(Rule):
         check_inference_only(bn, graph)
         require_same_scope(concat, graph)
         require_exclusive(concat, bn, graph)
-        rank = output_rank(concat.outputs[0], graph)
+        rank = rank_of(concat.outputs[0], graph)
         axis = int_attr(concat, "axis", 1)  # required from opset 4; Concat-1 defaults to 1
         if axis < 0:
             if rank is None:
@@ -111,16 +109,7 @@ class ConcatBatchNormRule(Rule):
     def rewrite(self, plan: ConcatBNPlan, graph: FoldGraph) -> Fold:
         bn, concat = plan.bn, plan.concat
         names = [f.linear.node.name for f in plan.folded]
-        added = []
-        for folded in plan.folded:
-            linear = folded.linear
-            y = linear.node.outputs[0].name
-            tail = linear.kind.write(folded, graph)
-            if tail is not linear.node and tail is not linear.bias_node:
-                added.append(y)  # a new bias Add produces the MatMul's old output
-        y = bn.outputs[0]
-        bn.outputs.clear()
-        graph.replace_output(concat, 0, y)  # y keeps its name, dtype and shape
-        graph.remove_node(bn)
+        added = write_all(plan.folded, graph)
+        y = graph.take_output(concat, bn)  # y keeps its name, dtype and shape
         ops = ",".join(f.linear.node.op for f in plan.folded)
         return Fold(self.name, bn.name, bn.op, ",".join(names), ops, output=y.name, added=tuple(added))
