@@ -399,7 +399,7 @@ def optimize(models, output, in_place, validate, input_shapes, seed, validation,
 
         from .report import render
 
-        render(report, Console(highlight=False, soft_wrap=False))
+        render(report, Console(highlight=False, soft_wrap=False, emoji=False))
     if report.bench_error:
         why = "it validated" if report.validation is not None else "validation was off"
         click.echo(f"bnfold: warning: {' '.join(report.bench_error.split())} (the output was written: {why})", err=True)
@@ -467,7 +467,7 @@ def _optimize_batch(models, output, options, ignore, jobs, fmt, debug) -> int:
     else:
         from rich.console import Console  # only for text: JSON, markdown and annotations need no rich
 
-        batch.render_summary(outcomes, Console(highlight=False, soft_wrap=False), interrupted)
+        batch.render_summary(outcomes, Console(highlight=False, soft_wrap=False, emoji=False), interrupted)
     for outcome in outcomes:
         if debug and outcome.traceback:
             click.echo(outcome.traceback, err=True, nl=False)
@@ -600,7 +600,7 @@ def bench(model, folded, runs, time_budget, warmup, threads, provider, rounds, c
 
         from .latency.report import render_bench
 
-        render_bench(result, Console(highlight=False, soft_wrap=False))
+        render_bench(result, Console(highlight=False, soft_wrap=False, emoji=False))
     if plot is not None:  # after the results are out: a failure here costs the figure only
         from .latency.plot import plot_bench
 

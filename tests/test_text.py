@@ -114,3 +114,12 @@ def test_a_bad_ignore_flag_and_a_debug_file_name_after_the_separator(tmp_path, m
     shutil.copy(Path(__file__).parents[1] / "models" / "resnet_stack.onnx", tmp_path / "--debug")
     named = run("check", "--", "--debug")  # a file named --debug: no traceback mode, just a finding
     assert named.exit_code == 1 and named.stdout.startswith("--debug: BatchNormalization")
+
+
+def test_an_emoji_code_in_a_name_prints_as_written(tmp_path):
+    """rich turns ``:thumbs_up:`` into an emoji unless told not to: a name prints as it is."""
+    src = tmp_path / "m.onnx"
+    onnx.save(model_with_bn_named("a:thumbs_up:b"), src)
+    result = run("optimize", src, "--no-validate")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert "a:thumbs_up:b" in result.stdout and "\U0001f44d" not in result.stdout
