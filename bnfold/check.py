@@ -32,7 +32,7 @@ from . import quickscan, scan
 from . import signals, staging
 from .config import is_ignored
 from .errors import BnfoldError
-from .text import printable
+from .text import gh_data, gh_property, printable
 
 if TYPE_CHECKING:  # imported where used: a clean file is checked without onnx (bnfold.quickscan)
     from .rules import Fold, Refusal, Rule
@@ -288,7 +288,7 @@ def render(checks: list[FileCheck], fmt: str = "text", *, verbose: bool = False,
     for c in checks:
         if c.interrupted:
             line = f"{c.interrupted} ({interrupted}{'; file left untouched' if c.interrupted == ROLLED_BACK else ''})"
-            out.append(f"::warning file={_gh_property(c.path)},title=bnfold::{_gh_data(line)}" if fmt == "github"
+            out.append(f"::warning file={gh_property(c.path)},title=bnfold::{gh_data(line)}" if fmt == "github"
                        else printable(f"{c.path}: {line}"))
         else:
             out += _github_lines(c, verbose) if fmt == "github" else _text_lines(c, verbose)
@@ -315,25 +315,17 @@ def _text_lines(c: FileCheck, verbose: bool) -> list[str]:
 
 def _github_lines(c: FileCheck, verbose: bool) -> list[str]:
     """GitHub Actions workflow commands (``::warning file=...,title=...::message``)."""
-    where = f"file={_gh_property(c.path)},title=bnfold"
+    where = f"file={gh_property(c.path)},title=bnfold"
     if c.unreadable and c.error is not None:  # (an unreadable file always has its error)
-        return [f"::error {where}::{_gh_data(c.error)}"]
+        return [f"::error {where}::{gh_data(c.error)}"]
     if c.fixed:
-        lines = [f"::notice {where}::{_gh_data(describe_fixed(c))}"]
+        lines = [f"::notice {where}::{gh_data(describe_fixed(c))}"]
     else:
-        lines = [f"::warning {where}::{_gh_data(describe_fold(f))}" for f in c.findings]
+        lines = [f"::warning {where}::{gh_data(describe_fold(f))}" for f in c.findings]
     if c.error:  # validation of a fix failed
-        lines.append(f"::error {where}::{_gh_data(c.error)}")
+        lines.append(f"::error {where}::{gh_data(c.error)}")
     if verbose:
-        lines += [f"::notice {where}::{_gh_data(describe_refusal(r))}" for r in c.refusals]
+        lines += [f"::notice {where}::{gh_data(describe_refusal(r))}" for r in c.refusals]
     return lines
 
 
-def _gh_data(text: str) -> str:
-    """GitHub's escapes for a workflow command's message; other control characters made visible."""
-    text = text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
-    return printable(text)
-
-
-def _gh_property(text: str) -> str:
-    return _gh_data(text).replace(":", "%3A").replace(",", "%2C")

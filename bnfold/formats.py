@@ -12,7 +12,7 @@ backticks inside it; in a table cell each ``|`` written ``\\|``, which GFM reads
 cell whatever precedes it): nothing in it is markup, HTML, an autolink, a mention or an emoji.
 Prose that carries names (a refusal's reason, an error) has every character that markdown, GFM
 tables or GitHub read as markup escaped with a backslash (``<`` and ``&`` included: no HTML, no
-entity). Workflow commands use GitHub's escapes (``check._gh_data``, ``check._gh_property``).
+entity). Workflow commands use GitHub's escapes (``text.gh_data``, ``text.gh_property``).
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def _plural(n: int, word: str, plural: str | None = None) -> str:
 
 
 def _count(n: float) -> str:
-    from .report import _count as count  # the text report's wording: 16.4K
+    from .text import count  # the text report's wording: 16.4K
 
     return count(n)
 
@@ -344,9 +344,9 @@ def check_markdown(checks: Sequence, *, verbose: bool = False, interrupted=None)
 
 
 def _command(level: str, path: str, message: str, title: str = "bnfold optimize") -> str:
-    from .check import _gh_data, _gh_property
+    from .text import gh_data, gh_property
 
-    return f"::{level} file={_gh_property(path)},title={_gh_property(title)}::{_gh_data(message)}"
+    return f"::{level} file={gh_property(path)},title={gh_property(title)}::{gh_data(message)}"
 
 
 #: Folds named in one annotation (GitHub shows the first few kilobytes of a message).

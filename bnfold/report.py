@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .pipeline import Report
-from .text import change as _change, markup_safe as safe, size as _size
+from .text import change as _change, count, markup_safe as safe, size as _size
 
 
 #: Above this many rows a list is printed as plain lines: a rich table lays out every row first,
@@ -28,23 +28,16 @@ def _rows(console: Console, title: str, columns: tuple[str, ...], rows: list[tup
     console.file.write("".join(f"  {' | '.join(row)}\n" for row in rows))
 
 
-def _count(n: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.3g}{unit}"
-    return f"{n:.0f}"
-
-
 def _saving(s) -> str:
     if s is None or s.macs is None:
         return "unknown (no static shape)"
-    return f"{_count(s.macs)} MAC, {_size(s.activation_bytes)}"
+    return f"{count(s.macs)} MAC, {_size(s.activation_bytes)}"
 
 
 def _total(savings, result) -> str:
     shapes = ", ".join(f"{k}={'x'.join(map(str, v))}" for k, v in savings.shapes.items()) or "declared shapes"
     unknown = f" (and {savings.unknown} fold{'s' if savings.unknown != 1 else ''} unknown)" if savings.unknown else ""
-    return (f"Saved per inference ({safe(shapes)}): {_count(savings.macs)} multiply-adds and "
+    return (f"Saved per inference ({safe(shapes)}): {count(savings.macs)} multiply-adds and "
             f"{_size(savings.activation_bytes)} of activation traffic{unknown}; parameters "
             f"{_size(result.before.parameter_bytes)} → {_size(result.after.parameter_bytes)}")
 

@@ -50,3 +50,23 @@ def change(before: int, after: int | None) -> str:
     if after is None or before == 0:
         return ""
     return f"{(after - before) / before:+.1%}"
+
+
+def count(n: float) -> str:
+    """A count in 3 significant digits with K, M, G: ``16.4K``, ``11.1M``."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return f"{n:.0f}"
+
+
+def gh_data(text: str) -> str:
+    """GitHub's escapes for a workflow command's message; other control characters made visible."""
+    text = text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    return printable(text)
+
+
+def gh_property(text: str) -> str:
+    """GitHub's escapes for a workflow command's property (``file=``, ``title=``)."""
+    return gh_data(text).replace(":", "%3A").replace(",", "%2C")
+

@@ -9,6 +9,9 @@ one place that defines tolerances; tests never invent their own.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -163,3 +166,18 @@ def initializer_array(model: onnx.ModelProto, name: str) -> np.ndarray:
 
 def input_names(model: onnx.ModelProto) -> list[str]:
     return [i.name for i in model.graph.input]
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie whose parent has not reaped it yet is not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:  # gone between the two looks
+        return False
+    except (OSError, IndexError):  # no /proc to tell: kill(0) said it exists
+        return True
+    return state != "Z"

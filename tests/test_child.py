@@ -23,6 +23,7 @@ import pytest
 
 import builders
 from bnfold import child, signals
+from conftest import alive
 
 #: Seconds within which "promptly" must have happened (a child is killed in milliseconds).
 PROMPTLY = 5.0
@@ -54,17 +55,6 @@ ALONE = """
 """
 
 
-def alive(pid: int) -> bool:
-    """Whether ``pid`` is a live process (a zombie whose parent has not reaped it yet is not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state != "Z"
 
 
 def gone_within(pids, seconds: float = PROMPTLY) -> bool:

@@ -24,6 +24,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from conftest import alive
 
 #: Generous: the machine may be loaded (every worker imports onnx, ~1-2 s each on 2 cores).
 START_TIMEOUT = 180
@@ -135,16 +136,6 @@ def descendants(pid: int, marker: str) -> list[int]:
     return found
 
 
-def alive(pid: int) -> bool:
-    """Whether ``pid`` is a live process (not a zombie)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        return (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]) != "Z"
-    except OSError:
-        return False
 
 
 def never_ending_models(folder: Path, count: int) -> list[Path]:

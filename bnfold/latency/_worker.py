@@ -38,7 +38,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -48,7 +47,7 @@ from .. import child
 from ..compare import elementwise as compare
 from ..runtime import CannotRun, make_inputs, one_line, strip_empty_trailing_outputs
 from ..errors import BnfoldError
-from ..io import read_model, write_model
+from ..io import ModelFile, write_model
 from .interface import output_differences
 
 #: Setting name → the graph optimization level it uses (None: leave onnxruntime's default).
@@ -64,11 +63,12 @@ def _runnable_path(path: str, workdir: str, name: str) -> tuple[str, onnx.ModelP
     itself, or a copy without declared-but-empty trailing outputs (onnxruntime crashes on some)
     when it had any. The copy's weights are copied from where they are, spans read as
     onnxruntime reads them (``bnfold.io``), never through ``onnx.load``."""
-    model, data_files = read_model(path, check=False, lazy=True)  # the weights stay on disk
+    source = ModelFile.read(path, check=False, lazy=True)  # the weights stay on disk
+    model = source.proto
     if not _strip(model):
         return path, model
     copy = os.path.join(workdir, name)
-    write_model(model, copy, external_data=bool(data_files), base_dir=Path(path).parent)
+    write_model(model, copy, external_data=bool(source.data_files), source=source)
     return copy, model
 
 

@@ -20,6 +20,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -29,6 +30,9 @@ from .. import child
 from ..errors import BackendError, BnfoldError, ModelError, UsageError
 from ..stats import ModelStats, model_stats
 from . import MIN_PAIRS, MIN_ROUNDS, ROUNDS, RUNS, TIME_BUDGET, WARMUP, interface, stats
+
+if TYPE_CHECKING:
+    from ..io import ModelFile
 
 #: The settings, in the order they run and are reported, with what each one stands for.
 SETTINGS = {
@@ -261,28 +265,32 @@ def bench(
     options = (options or BenchOptions()).checked()
     input_shapes = input_shapes or {}
     with tempfile.TemporaryDirectory(prefix="bnfold-bench-") as workdir:
-        original_path, model, data_files, original_bytes, base_dir = _materialize(original, workdir, "original.onnx")
+        original_path, source, original_bytes = _materialize(original, workdir, "original.onnx")
+        model = source if isinstance(source, onnx.ModelProto) else source.proto
         label = str(original_path) if not isinstance(original, onnx.ModelProto) else "<in-memory model>"
         shapes = resolve_shapes(label, model, input_shapes)
         check_input_bytes(label, model, shapes)  # before anything runs
         before = ModelFigures.of(model_stats(model), original_bytes)
         if folded is None:
             # A model we loaded ourselves may be folded in place; one the caller gave us may not.
-            result = fold(model, rules, in_place=not isinstance(original, onnx.ModelProto), base_dir=base_dir)
+            result = fold(source, rules, in_place=not isinstance(original, onnx.ModelProto))
             folded_path = Path(workdir) / "folded.onnx"
-            folded_bytes = write_model(result.model, folded_path, external_data=bool(data_files), base_dir=base_dir)
+            lazy = None if isinstance(source, onnx.ModelProto) else source
+            folded_bytes = write_model(result.model, folded_path, external_data=bool(lazy and lazy.data_files),
+                                       source=lazy)
             assert result.after is not None, "fold counts it"
             after, folds, folded_label = ModelFigures.of(result.after, folded_bytes), len(result.folds), None
             del result
         else:
-            folded_path, other, _, folded_bytes, _ = _materialize(folded, workdir, "folded.onnx")
+            folded_path, other_source, folded_bytes = _materialize(folded, workdir, "folded.onnx")
+            other = other_source if isinstance(other_source, onnx.ModelProto) else other_source.proto
             folded_label = str(folded_path) if not isinstance(folded, onnx.ModelProto) else "<in-memory folded model>"
             interface.check_interface(label, model, folded_label, other, shapes, outputs=options.check_outputs)
             checked_interface = ("same inputs and outputs as the original" if options.check_outputs
                                  else "same inputs as the original (outputs not compared)")
             after, folds = ModelFigures.of(model_stats(other), folded_bytes), None
             del other
-        del model
+        del model, source
         return run_bench(original_path, folded_path, before=before, after=after, folds=folds, input_shapes=input_shapes,
                          seed=seed, options=options, original_label=label, folded_label=folded_label, checked=True,
                          interface_note=FOLDED_HERE if folded is None else checked_interface)
@@ -358,18 +366,17 @@ def _outputs_check(check: dict) -> dict:
             "outputs": [{k: c[k] for k in keep} for c in check["outputs"]]}
 
 
-def _materialize(model, workdir: str, name: str) -> tuple[Path, onnx.ModelProto, list[Path], int, Path | None]:
-    """A file for ``model`` (a path stays itself; a ModelProto is written to ``workdir``), the loaded
-    model, its external data files, its bytes on disk, and the folder its weights are read from when
-    it was read lazily (a path: weights stay on disk, as in ``optimize``; None for a ModelProto)."""
-    from ..io import read_model, side_file
+def _materialize(model, workdir: str, name: str) -> tuple[Path, ModelFile | onnx.ModelProto, int]:
+    """A file for ``model`` (a path stays itself; a ModelProto is written to ``workdir``), the model
+    to fold and compare (a path read lazily into a ModelFile: weights stay on disk, as in
+    ``optimize``; a ModelProto as given), and its bytes on disk."""
+    from ..io import ModelFile, side_file
 
     if isinstance(model, onnx.ModelProto):
         path = child.model_file(model, workdir, name)
-        return path, model, [], _bytes_on_disk(path, [side_file(path)]), None
-    path = Path(model)
-    loaded, data_files = read_model(path, lazy=True)
-    return path, loaded, data_files, _bytes_on_disk(path, data_files), path.parent
+        return path, model, _bytes_on_disk(path, [side_file(path)])
+    source = ModelFile.read(model, lazy=True)
+    return Path(model), source, source.file_bytes
 
 
 def _bytes_on_disk(path: Path, data_files: list[Path]) -> int:

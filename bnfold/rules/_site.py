@@ -167,3 +167,17 @@ def locate_affine(node: gs.Node, graph: FoldGraph,
         return element, site
     raise NoFold(reasons[0])
 
+
+def locate_weighted_linear(tensor: gs.Tensor, graph: FoldGraph, reads: str) -> LinearSite:
+    """The linear op behind ``tensor`` with a constant weight (and, through a MatMul's Add, a
+    constant bias); NoFold (a non-match) otherwise. ``reads`` starts the reason for an Add that
+    adds an activation ("its input comes from", "Relu 'r' reads")."""
+    site = locate_linear(tensor, graph, tuple(KINDS))
+    if site.walked is not site.node:  # an Add after a MatMul: only its constant bias Add leads back to it
+        others = [t for t in site.walked.inputs[:2] if graph.producer(t) is not site.node]
+        if len(others) != 1 or not graph.looks_constant(others[0]):
+            raise NoFold(f"{reads} {describe(site.walked)}, which adds an activation to {describe(site.node)}")
+    if len(site.node.inputs) < 2 or not graph.looks_constant(site.node.inputs[1]):
+        raise NoFold(f"{describe(site.node)} has no constant weight: it is not a layer to fold into")
+    return site
+

@@ -47,8 +47,8 @@ from ..errors import NoFold
 from ..graph import FoldGraph
 from ._batchnorm import check_inference_only, read_affine
 from ._elementwise import Elementwise, affine_of, elementwise_operands, read_operand
-from ._linear import KINDS, FoldedLinear, fold_affine
-from ._site import LinearSite, locate_linear, read_linear, require_exclusive, require_same_scope
+from ._linear import FoldedLinear, fold_affine
+from ._site import LinearSite, locate_weighted_linear, read_linear, require_exclusive, require_same_scope
 from .base import Fold, Rule, describe
 
 #: Activations with f(s·x) = s·f(x) for every s > 0.
@@ -101,15 +101,7 @@ def _activation(tensor: gs.Tensor, graph: FoldGraph) -> gs.Node:
 
 def _linear_behind(act: gs.Node, graph: FoldGraph) -> LinearSite:
     """The linear op with a constant weight (and, for MatMul, a constant bias Add) that ``act`` reads."""
-    site = locate_linear(act.inputs[0], graph, tuple(KINDS))
-    if site.walked is not site.node:
-        others = [t for t in site.walked.inputs[:2] if graph.producer(t) is not site.node]
-        if len(others) != 1 or not graph.looks_constant(others[0]):
-            raise NoFold(f"{describe(act)} reads {describe(site.walked)}, which adds an activation to "
-                         f"{describe(site.node)}")
-    if len(site.node.inputs) < 2 or not graph.looks_constant(site.node.inputs[1]):
-        raise NoFold(f"{describe(site.node)} has no constant weight: it is not a layer to fold into")
-    return site
+    return locate_weighted_linear(act.inputs[0], graph, f"{describe(act)} reads")
 
 
 class ScaleAfterActivationRule(Rule):

@@ -41,9 +41,9 @@ import onnx_graphsurgeon as gs
 from ..errors import NoFold
 from ..graph import FoldGraph
 from ._elementwise import AFFINE_OPS, Elementwise, affine_of, read_operand
-from ._linear import KINDS, FoldedLinear, fold_affine
-from ._site import LinearSite, locate_affine, locate_linear, read_linear, require_exclusive, rewrite_affine
-from .base import Fold, Rule, describe
+from ._linear import FoldedLinear, fold_affine
+from ._site import LinearSite, locate_affine, locate_weighted_linear, read_linear, require_exclusive, rewrite_affine
+from .base import Fold, Rule
 
 
 @dataclass(frozen=True)
@@ -60,15 +60,7 @@ class AffineAfterLinearPlan:
 
 def _locate(element: Elementwise, graph: FoldGraph) -> LinearSite:
     """The linear op behind ``element.y``, with a constant weight; NoFold (a non-match) otherwise."""
-    site = locate_linear(element.y, graph, tuple(KINDS))
-    if site.walked is not site.node:  # an Add after a MatMul: only its constant bias Add leads back to it
-        others = [t for t in site.walked.inputs[:2] if graph.producer(t) is not site.node]
-        if len(others) != 1 or not graph.looks_constant(others[0]):
-            raise NoFold(f"its input comes from {describe(site.walked)}, which adds an activation to "
-                         f"{describe(site.node)}")
-    if len(site.node.inputs) < 2 or not graph.looks_constant(site.node.inputs[1]):
-        raise NoFold(f"{describe(site.node)} has no constant weight: it is not a layer to fold into")
-    return site
+    return locate_weighted_linear(element.y, graph, "its input comes from")
 
 
 class AffineAfterLinearRule(Rule):

@@ -93,3 +93,12 @@ class Rule(ABC):
 
     @abstractmethod
     def rewrite(self, plan: Any, graph: FoldGraph) -> Fold: ...
+
+
+def distinct(nodes: list[gs.Node]) -> list[gs.Node]:
+    """``nodes`` without repeats (a node reading a tensor twice is listed once), in order."""
+    seen: dict[int, gs.Node] = {}
+    for node in nodes:
+        seen.setdefault(id(node), node)
+    return list(seen.values())
+

@@ -42,7 +42,7 @@ from ._layout import MAX_LAYOUT_CHAIN, channel_shape, follow_layout, is_layout_o
 from ._layout_axes import Shape
 from ._linear import SIDES, FoldedLinear, Linear, fold_input, write_all
 from ._rank import rank_of
-from .base import Fold, Rule, describe, label
+from .base import Fold, Rule, describe, distinct, label
 
 
 @dataclass(frozen=True)
@@ -65,13 +65,6 @@ class BNLayoutLinearPlan:
     bn: gs.Node
     folded: tuple[FoldedLinear, ...]
     first: tuple[gs.Node, ...]  # the nodes that read BN's output (they will read its input)
-
-
-def _unique(nodes: list[gs.Node]) -> list[gs.Node]:
-    seen: dict[int, gs.Node] = {}
-    for node in nodes:
-        seen.setdefault(id(node), node)
-    return list(seen.values())
 
 
 def _check_reader(reader: Reader, shape: Shape, axis: int, linear: Linear, channels: int) -> None:
@@ -98,7 +91,7 @@ class BatchNormLayoutLinearRule(Rule):
         layout: list[gs.Node] = []
         queue: list[tuple[gs.Tensor, tuple[gs.Node, ...]]] = [(bn.outputs[0], ())]
         for tensor, path in queue:  # grows while it is walked: breadth first over the layout ops
-            for node in _unique(graph.consumers(tensor)):
+            for node in distinct(graph.consumers(tensor)):
                 if is_layout_op(node) and node.inputs[0] is tensor:
                     if len(path) == MAX_LAYOUT_CHAIN:
                         raise NoFold(f"more than {MAX_LAYOUT_CHAIN} layout ops in a row follow it")

@@ -41,7 +41,7 @@ from ..errors import NoFold
 from ..graph import FoldGraph
 from ._batchnorm import check_inference_only, read_affine
 from ._linear import SIDES, FoldedLinear, fold_input, write_all
-from .base import Fold, Rule, describe, label
+from .base import Fold, Rule, describe, distinct, label
 
 _READERS = "Conv, Gemm or MatMul"
 
@@ -58,13 +58,6 @@ class BNLinearPlan:
     folded: tuple[FoldedLinear, ...]
 
 
-def _unique(nodes: list[gs.Node]) -> tuple[gs.Node, ...]:
-    seen: dict[int, gs.Node] = {}
-    for node in nodes:
-        seen.setdefault(id(node), node)
-    return tuple(seen.values())
-
-
 class BatchNormLinearRule(Rule):
     """BN whose output feeds only Conv, Gemm or MatMul data inputs; see the module docstring."""
 
@@ -73,7 +66,7 @@ class BatchNormLinearRule(Rule):
 
     def match(self, bn: gs.Node, graph: FoldGraph) -> BNLinear:
         out = bn.outputs[0]
-        consumers = _unique(graph.consumers(out))
+        consumers = tuple(distinct(graph.consumers(out)))
         if not any(n.op in SIDES and n.domain in ONNX_DOMAINS and n.inputs and n.inputs[0] is out for n in consumers):
             raise NoFold(f"its output '{out.name}' is not the data input of a {_READERS}")
         return BNLinear(bn, consumers)
