@@ -1598,6 +1598,8 @@ def compare_outputs(original: onnx.ModelProto, folded: onnx.ModelProto, backend:
             tol = tolerance_for(ref.dtype)
             a, b = out.astype(np.float64), ref.astype(np.float64)
             bad = ~(np.abs(a - b) <= tol.atol + tol.rtol * np.abs(b))
+            if np.any(bad) and ref.dtype.itemsize <= 2 and _closer_to_exact(original, folded, name):
+                continue  # float16/bfloat16: the original's own rounding, amplified downstream (seed 20238)
             if np.any(bad):
                 err = np.abs(a - b)
                 problems.append(
@@ -1606,6 +1608,22 @@ def compare_outputs(original: onnx.ModelProto, folded: onnx.ModelProto, backend:
         if problems:
             break
     return problems
+
+
+def _closer_to_exact(original: onnx.ModelProto, folded: onnx.ModelProto, output: str) -> bool:
+    """A second opinion for a low-precision output that differs beyond its dtype's tolerance: the
+    exact float64 answer (bnfold's validation with ``reference="float64"``, which runs the
+    original widened to float64 in a process of its own) says whether the folded output is as
+    close to it as the original's own is. A training-mode BN after a bfloat16 fold can amplify the
+    original's rounding of an intermediate tensor far beyond any elementwise tolerance."""
+    import bnfold
+
+    try:
+        result = bnfold.validate(original, folded, reference="float64", timeout=120)
+    except Exception:  # noqa: BLE001 - no second opinion: the direct comparison stands
+        return False
+    verdicts = {o.name: o.verdict for o in result.outputs}
+    return verdicts.get(output) == "passed"
 
 
 def _refold(folded: onnx.ModelProto, label: str) -> list[str]:
