@@ -103,36 +103,15 @@ def _debug_option(expose: bool = True):
 
 
 def _diagnostics_on_stderr() -> None:
-    """The ``bnfold`` logger at DEBUG, written to whatever ``sys.stderr`` is when a record comes
-    (one handler however often it is asked for)."""
-    import logging
+    from .logs import to_stderr
 
-    from .logs import ROOT
-
-    class ToStderr(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            try:
-                sys.stderr.write(self.format(record) + "\n")
-            except Exception:  # noqa: BLE001 - logging's own convention
-                self.handleError(record)
-
-    log = logging.getLogger(ROOT)
-    if not any(getattr(h, "bnfold_cli", False) for h in log.handlers):
-        handler = ToStderr()
-        handler.bnfold_cli = True  # type: ignore[attr-defined]  # marks the handler _diagnostics_off removes
-        handler.setFormatter(logging.Formatter("bnfold: debug: %(name)s: %(message)s"))
-        log.addHandler(handler)
-    log.setLevel(logging.DEBUG)
+    to_stderr()
 
 
 def _diagnostics_off() -> None:
-    logging = sys.modules.get("logging")
-    if logging is None:
-        return
-    log = logging.getLogger("bnfold")
-    for handler in [h for h in log.handlers if getattr(h, "bnfold_cli", False)]:
-        log.removeHandler(handler)
-        log.setLevel(logging.NOTSET)
+    logs = sys.modules.get("bnfold.logs")  # imported only when --debug was given
+    if logs is not None:
+        logs.stderr_off()
 
 
 def _rule_options(command):

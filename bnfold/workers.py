@@ -22,6 +22,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -136,7 +137,9 @@ class _Pool:
         # Started with signals held (we are in loop()): the worker inherits them blocked, so none
         # reaches it before it has set up its own handling (signals.serve_as_worker).
         ours, theirs = self.context.Pipe()
-        process = self.context.Process(target=_serve, args=(theirs, self.work), daemon=True)
+        logs = sys.modules.get("bnfold.logs")
+        debug = logs is not None and logs.on_stderr()  # --debug: the workers' diagnostics too
+        process = self.context.Process(target=_serve, args=(theirs, self.work, debug), daemon=True)
         process.start()
         theirs.close()
         worker = _Worker(process, ours)
@@ -185,9 +188,13 @@ def _death(code: int | None) -> str:
     return f"worker exited with status {code}"
 
 
-def _serve(conn, work: Callable[..., Any]) -> None:
+def _serve(conn, work: Callable[..., Any], debug: bool = False) -> None:
     """A worker's life: tasks from ``conn`` until None (or the parent is gone), each result sent back."""
     signals.serve_as_worker()
+    if debug:
+        from .logs import to_stderr
+
+        to_stderr()
     while True:
         try:
             task = conn.recv()

@@ -186,3 +186,16 @@ def test_cli_debug_shows_diagnostics_and_takes_its_handler_back(tmp_path):
     assert [type(h) for h in root.handlers] == [logging.NullHandler] and root.level == logging.NOTSET
     quiet = CliRunner().invoke(cli, ["optimize", str(src), "-o", str(tmp_path / "p.onnx"), "--no-validate"])
     assert quiet.exit_code == 0 and "debug" not in quiet.stderr
+
+
+def test_cli_debug_reaches_batch_workers(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a.onnx", "b.onnx"):
+        shutil.copy(MODELS / "resnet_stack.onnx", folder / name)
+    proc = subprocess.run([sys.executable, "-m", "bnfold", "--debug", "optimize", str(folder), "-o",
+                           str(tmp_path / "out"), "-j", "2", "--no-validate"], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    folded = [line for line in proc.stderr.splitlines() if line.startswith("bnfold: debug: bnfold.folding: fold:")]
+    assert len(folded) == 2  # one per file, from the worker that folded it
