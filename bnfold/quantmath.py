@@ -152,13 +152,16 @@ def negate_channels(q: np.ndarray, quant: Quantization, channels: np.ndarray, ax
 
 
 def fold_into_scale(q: np.ndarray, quant: Quantization, s: np.ndarray, axis: int, what: str = "weight scale",
-                    precise_scale: np.ndarray | None = None) -> ScaleFold:
+                    precise_scale: np.ndarray | None = None, dtype: np.dtype | None = None) -> ScaleFold:
     """Multiply output channel ``c`` (along ``axis`` of ``q``) of a quantized weight by ``s[c]``.
 
     Returns the new integers, scale (rounded once to the scale's dtype, checked by
     ``foldmath.cast_checked``) and zero point: ``dequantize`` of the result equals ``s[c]`` times
     ``dequantize`` of the input, to that one rounding. ``precise_scale``: the unrounded values of a
     float16/bfloat16 scale an earlier fold wrote (the math starts there; see ``FoldGraph.precise``).
+    ``dtype``: the dtype to write the new scale in (default the scale's own); a float16 scale whose
+    DequantizeLinear produces float32 (``output_dtype``) is written as float32, so that the fold
+    is as precise as the data it affects (widening the old scale is exact).
 
     Layouts: ``s`` the same for every channel scales any layout as it is. Otherwise the scale must
     carry the output channels: per tensor (it becomes per channel along ``axis``, the zero point
@@ -197,8 +200,9 @@ def fold_into_scale(q: np.ndarray, quant: Quantization, s: np.ndarray, axis: int
                      f"{quant.block_size}): a per-channel factor does not fit it")
     original = np.broadcast_to(np.asarray(quant.scale).reshape(-1)[0] if layout == "tensor" else quant.scale,
                                scaled.shape)
-    cast = cast_checked(scaled, quant.scale.dtype, what, original=original)
-    exact = scaled if narrow(quant.scale.dtype) else None
+    dtype = np.dtype(quant.scale.dtype if dtype is None else dtype)
+    cast = cast_checked(scaled, dtype, what, original=original)
+    exact = scaled if narrow(dtype) else None
     return ScaleFold(q_new, replace(new, scale=cast.reshape(scaled.shape)), negative, exact)
 
 

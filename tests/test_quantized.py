@@ -374,9 +374,21 @@ def test_a_zero_factor_is_refused():
     assert refusal_for(model).reason == "the factor of output channel 2 is 0: weight scale of Conv 'conv' would be 0"
 
 
-def test_a_scale_that_overflows_float16_is_refused():
+def test_a_scale_beyond_float16_of_a_float32_weight_folds_as_float32():
+    """The float16 scale of a DequantizeLinear producing float32 is widened before the factor goes
+    in, so a product beyond float16's range is no overflow: the weight it describes is float32."""
     model = qdq_model("Conv", scale_dtype=np.float16, positive=True, bn={"scale": 1e5, "var": 1e-6})
-    assert refusal_for(model).reason.startswith("folded weight scale of Conv 'conv' overflows float16 (max |value|")
+    folded, _ = fold_one(model)
+    _, _, scale, _ = weight_parts(folded, "Conv")
+    assert scale.dtype == np.float32 and np.abs(scale).max() > np.finfo(np.float16).max
+    assert_same_numbers(model, folded)
+
+
+def test_a_scale_that_overflows_its_own_float16_is_refused():
+    """Where the scale's dtype is the data's (no wider output), the product must fit it."""
+    q = np.ones((2, 3), np.int8)
+    with pytest.raises(NoFold, match="overflows float16"):
+        fold_into_scale(q, Quantization(np.array([0.5, 0.5], np.float16), None, 0), np.array([1e6, 1.0]), 0)
 
 
 def test_a_scale_that_underflows_float32_is_refused():
@@ -384,14 +396,32 @@ def test_a_scale_that_underflows_float32_is_refused():
     assert "folded weight scale of Conv 'conv' underflows float32" in refusal_for(model).reason
 
 
-def test_float16_scales_fold():
+def test_a_float16_scale_of_a_float32_weight_is_widened():
+    """A float16 scale whose DequantizeLinear produces float32 (``output_dtype``, opset 23): the new
+    scale is written as float32, since rounding it to float16 would lose 2^-11 of every float32
+    weight (with a large factor, several quanta of a quantized output). Widening is exact."""
     model = qdq_model("Conv", scale_dtype=np.float16, follower="mul", positive=True, output_qdq=False)
     folded, _ = fold_one(model)
     _, _, scale, _ = weight_parts(folded, "Conv")
-    assert scale.dtype == np.float16
+    _, _, old_scale, _ = weight_parts(model, "Conv")
+    assert old_scale.dtype == np.float16 and scale.dtype == np.float32
     feeds = feeds_for(model, 0)
     a, b = run_ort(model, feeds)["y"], run_ort(folded, feeds)["y"]
-    assert np.abs(a - b).max() <= 2 * 2.0 ** -11 * np.abs(a).max()  # one float16 rounding of the scale
+    assert np.abs(a - b).max() <= 64 * 2.0 ** -23 * np.abs(a).max()  # float32 rounding only
+    check_full(folded)
+
+
+def test_a_float16_scale_with_a_large_cancelling_factor_keeps_the_quantized_output():
+    """The adversarial case: a per-tensor float16 scale, factors near 1e3 and a float bias that
+    cancels most of the weight term; with the scale rounded to float16 the quantized output moved
+    by 4 quanta, widened it moves by at most one."""
+    value = np.random.default_rng(2).uniform(0.5, 2, [1, 6, 1, 1]) * 1e3
+    model = qdq_model("Conv", follower="mul", bias="float", scale_dtype=np.float16, per_channel=False,
+                      factor=value, seed=2, output_qdq=True)
+    folded, _ = fold_one(model)
+    feeds = feeds_for(model, 0)
+    a, b = run_ort(model, feeds)["y"], run_ort(folded, feeds)["y"]
+    assert np.abs(a.astype(np.float64) - b.astype(np.float64)).max() <= Y_SCALE * 1.0001
 
 
 def test_an_int32_bias_that_overflows_is_refused():

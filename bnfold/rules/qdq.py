@@ -245,13 +245,22 @@ def _requantized_bias(ql: QuantizedLinear, bias_dq: Dequantized, weight: ScaleFo
     return q, new, bound
 
 
+def scale_dtype(w: Dequantized) -> np.dtype:
+    """The dtype a folded weight scale is written in: the scale's own, or the dtype the
+    DequantizeLinear produces when that is wider (a float16 scale with ``output_dtype`` float32:
+    rounding the new scale to float16 would lose 2^-11 of every float32 weight)."""
+    own, produced = np.dtype(w.quant.scale.dtype), np.dtype(dequantized_dtype(w))
+    return produced if produced.itemsize > own.itemsize else own
+
+
 def plan_fold(ql: QuantizedLinear, s: np.ndarray, t: np.ndarray, follower: gs.Node, graph: FoldGraph) -> QuantizedPlan:
     """Fold ``y -> s * y + t`` (float64, per channel) into ``ql``: new weight quantization and bias."""
     linear, node, w = ql.linear, ql.linear.node, ql.weight
     if s.size != linear.channels:
         raise NoFold(f"{s.size} scale values for the {linear.channels} output channels of {describe(node)}")
     factors, axis = weight_factors(ql, s)
-    fold = fold_into_scale(w.q, w.quant, factors, axis, f"weight scale of {describe(node)}", w.precise_scale)
+    fold = fold_into_scale(w.q, w.quant, factors, axis, f"weight scale of {describe(node)}", w.precise_scale,
+                           dtype=scale_dtype(w))
     if graph.opset < 13 and w.quant.layout == "tensor" and fold.quant.layout == "axis":
         raise NoFold(f"the per-tensor weight scale of {describe(node)} would become per channel, and "
                      f"DequantizeLinear has no axis before opset 13 (the model's opset is {graph.opset})")
