@@ -91,7 +91,7 @@ def cached_exact(path: str, cache: str | None) -> tuple[dict[str, np.ndarray], l
             exact = [data[f"out:{i}"] for i in range(sum(k.startswith("out:") for k in data.files))]
         return feeds, exact
     original = load_runnable(path)  # external data read as onnxruntime reads it (onnx.load differs)
-    strip_empty_trailing_outputs(original.graph)
+    strip_empty_trailing_outputs(original)
     feeds = make_inputs(original, {}, 0)
     exact = exact_outputs(original, feeds)
     if stored:

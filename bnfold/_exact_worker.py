@@ -22,7 +22,7 @@ from . import child
 def main(request: dict, progress: child.Progress) -> dict:
     from .feeds import save_npz
     from .io import load_runnable
-    from .runtime import Backend, prepare_for_runtime
+    from .runtime import Backend, one_line, prepare_for_runtime
     from .widen import widen, widen_feeds
 
     try:
@@ -39,7 +39,7 @@ def main(request: dict, progress: child.Progress) -> dict:
     except MemoryError:
         return {"error": "the float64 original needs more memory than the exact reference may use"}
     except Exception as exc:
-        return {"error": f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"}
+        return {"error": f"{type(exc).__name__}: {one_line(exc)}"}
     return {}
 
 

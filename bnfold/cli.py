@@ -95,17 +95,13 @@ def _debug_option(expose: bool = True):
         if value and isinstance(root, _BnfoldGroup):
             root.debug = True
         if value:
-            _diagnostics_on_stderr()
+            from .logs import to_stderr
+
+            to_stderr()
         return bool(value) or bool(getattr(root, "debug", False))
 
     return click.option("--debug", is_flag=True, is_eager=True, expose_value=expose, callback=remember,
                         help="Show tracebacks, and bnfold's diagnostics (its logger at DEBUG) on stderr.")
-
-
-def _diagnostics_on_stderr() -> None:
-    from .logs import to_stderr
-
-    to_stderr()
 
 
 def _diagnostics_off() -> None:

@@ -27,17 +27,17 @@ def one_line(exc: BaseException, limit: int = 300) -> str:
     return " ".join(str(exc).split())[:limit]
 
 
-def strip_empty_trailing_outputs(graph: onnx.GraphProto | onnx.FunctionProto) -> None:
-    """Drop declared-but-empty optional outputs (``['y', '', '']`` → ``['y']``): same semantics,
-    and onnxruntime crashes on some (opset-9 BatchNormalization)."""
-    for node in graph.node:
-        while len(node.output) > 1 and node.output[-1] == "":
-            node.output.pop()
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                strip_empty_trailing_outputs(attr.g)
-            for g in attr.graphs:
-                strip_empty_trailing_outputs(g)
+def strip_empty_trailing_outputs(model: onnx.ModelProto) -> int:
+    """Drop declared-but-empty optional outputs (``['y', '', '']`` → ``['y']``) in every graph of
+    ``model`` (subgraphs and functions too): same semantics, and onnxruntime crashes on some
+    (opset-9 BatchNormalization). Returns how many were dropped."""
+    dropped = 0
+    for graph in graphs(model):
+        for node in graph.node:
+            while len(node.output) > 1 and node.output[-1] == "":
+                node.output.pop()
+                dropped += 1
+    return dropped
 
 
 #: Ops that draw random numbers, each with a ``seed`` attribute (used when given).
@@ -55,8 +55,8 @@ def prepare_for_runtime(model: onnx.ModelProto) -> onnx.ModelProto:
       and the folded model, whose random ops the fold never touches, draw the same numbers.
     """
     seen: set[str] = set()
-    for graph in _graphs(model):
-        strip_empty_trailing_outputs(graph)
+    strip_empty_trailing_outputs(model)
+    for graph in graphs(model):
         for node in graph.node:
             if node.name and node.name in seen:
                 k = 1
@@ -71,7 +71,7 @@ def prepare_for_runtime(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def _graphs(model: onnx.ModelProto):
+def graphs(model: onnx.ModelProto):
     """The main graph, every function body and every subgraph, depth first."""
     stack: list = [model.graph, *model.functions]
     while stack:

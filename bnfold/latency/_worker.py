@@ -65,29 +65,11 @@ def _runnable_path(path: str, workdir: str, name: str) -> tuple[str, onnx.ModelP
     onnxruntime reads them (``bnfold.io``), never through ``onnx.load``."""
     source = ModelFile.read(path, check=False, lazy=True)  # the weights stay on disk
     model = source.proto
-    if not _strip(model):
+    if not strip_empty_trailing_outputs(model):  # nothing to strip: onnxruntime loads the file itself
         return path, model
     copy = os.path.join(workdir, name)
     write_model(model, copy, external_data=bool(source.data_files), source=source)
     return copy, model
-
-
-def _output_count(graph: onnx.GraphProto | onnx.FunctionProto) -> int:
-    total = 0
-    for node in graph.node:
-        total += len(node.output)
-        for attr in node.attribute:
-            total += sum(_output_count(g) for g in [*attr.graphs, *([attr.g] if attr.HasField("g") else [])])
-    return total
-
-
-def _strip(model: onnx.ModelProto) -> bool:
-    """Strip empty trailing outputs everywhere; whether there were any."""
-    graphs = [model.graph, *model.functions]
-    before = sum(map(_output_count, graphs))
-    for graph in graphs:
-        strip_empty_trailing_outputs(graph)
-    return sum(map(_output_count, graphs)) != before
 
 
 def _options(setting: str, threads: int | None):

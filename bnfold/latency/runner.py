@@ -265,8 +265,7 @@ def bench(
     options = (options or BenchOptions()).checked()
     input_shapes = input_shapes or {}
     with tempfile.TemporaryDirectory(prefix="bnfold-bench-") as workdir:
-        original_path, source, original_bytes = _materialize(original, workdir, "original.onnx")
-        model = source if isinstance(source, onnx.ModelProto) else source.proto
+        original_path, source, model, original_bytes = _materialize(original, workdir, "original.onnx")
         label = str(original_path) if not isinstance(original, onnx.ModelProto) else "<in-memory model>"
         shapes = resolve_shapes(label, model, input_shapes)
         check_input_bytes(label, model, shapes)  # before anything runs
@@ -282,8 +281,7 @@ def bench(
             after, folds, folded_label = ModelFigures.of(result.after, folded_bytes), len(result.folds), None
             del result
         else:
-            folded_path, other_source, folded_bytes = _materialize(folded, workdir, "folded.onnx")
-            other = other_source if isinstance(other_source, onnx.ModelProto) else other_source.proto
+            folded_path, _, other, folded_bytes = _materialize(folded, workdir, "folded.onnx")
             folded_label = str(folded_path) if not isinstance(folded, onnx.ModelProto) else "<in-memory folded model>"
             interface.check_interface(label, model, folded_label, other, shapes, outputs=options.check_outputs)
             checked_interface = ("same inputs and outputs as the original" if options.check_outputs
@@ -366,17 +364,17 @@ def _outputs_check(check: dict) -> dict:
             "outputs": [{k: c[k] for k in keep} for c in check["outputs"]]}
 
 
-def _materialize(model, workdir: str, name: str) -> tuple[Path, ModelFile | onnx.ModelProto, int]:
+def _materialize(model, workdir: str, name: str) -> tuple[Path, ModelFile | onnx.ModelProto, onnx.ModelProto, int]:
     """A file for ``model`` (a path stays itself; a ModelProto is written to ``workdir``), the model
-    to fold and compare (a path read lazily into a ModelFile: weights stay on disk, as in
-    ``optimize``; a ModelProto as given), and its bytes on disk."""
+    to fold (a path read lazily into a ModelFile: weights stay on disk, as in ``optimize``; a
+    ModelProto as given), its ModelProto, and its bytes on disk."""
     from ..io import ModelFile, side_file
 
     if isinstance(model, onnx.ModelProto):
         path = child.model_file(model, workdir, name)
-        return path, model, _bytes_on_disk(path, [side_file(path)])
+        return path, model, model, _bytes_on_disk(path, [side_file(path)])
     source = ModelFile.read(model, lazy=True)
-    return Path(model), source, source.file_bytes
+    return Path(model), source, source.proto, source.file_bytes
 
 
 def _bytes_on_disk(path: Path, data_files: list[Path]) -> int:
