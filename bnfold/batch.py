@@ -48,6 +48,7 @@ from .validation import failure_reason
 
 if TYPE_CHECKING:
     from .pipeline import Report
+    from .textout import Out
 
 FOLDED_SUFFIX = ".folded.onnx"
 
@@ -447,39 +448,35 @@ def error_lines(outcomes: list[Outcome]) -> list[str]:
     return lines
 
 
-def _validation_cell(report: Report) -> str:
+def _validation_cell(report: Report, out: Out) -> str:
     if report.validation is None:
         return "not run"
-    return {"passed": "[green]passed[/]", "failed": "[red]FAILED[/]"}.get(report.verdict, "[yellow]unproven[/]")
+    if report.verdict in ("passed", "failed"):
+        return out.paint("passed", "green") if report.verdict == "passed" else out.paint("FAILED", "red")
+    return out.paint("unproven", "yellow")
 
 
-def render_summary(outcomes: list[Outcome], console, interrupted: signals.Interrupted | None = None) -> None:
+def render_summary(outcomes: list[Outcome], out: Out, interrupted: signals.Interrupted | None = None) -> None:
     """One row per file: folds, refusals, validation, nodes before→after, status; then the totals."""
-    from rich.table import Table
+    from .text import printable as safe
 
-    from .text import markup_safe as safe
-
-    table = Table(title="bnfold optimize", title_justify="left")
-    for col in ("file", "folds", "refusals", "validation", "nodes before→after", "status"):
-        table.add_column(col, overflow="fold")
+    rows = []
     for o in outcomes:
         r = o.report
         if r is None:
             status = (f"written → {safe(o.output)}" if o.written and o.output is not None
-                      else f"[red]{STATUS_WORDS[o.status]}[/]" if o.status == UNUSABLE
-                      else f"[yellow]{STATUS_WORDS[o.status]}[/]")
-            table.add_row(safe(o.input), "-", "-", "-", "-", status)
+                      else out.paint(STATUS_WORDS[o.status], "red" if o.status == UNUSABLE else "yellow"))
+            rows.append((safe(o.input), "-", "-", "-", "-", status))
             continue
         status = (f"written → {safe(r.output)}" if r.written else
-                  "[yellow]not proven[/]" if o.status == UNPROVEN else "[red]validation failed[/]")
+                  out.paint("not proven", "yellow") if o.status == UNPROVEN else out.paint("validation failed", "red"))
         assert r.result.before is not None and r.result.after is not None, "fold counts both"
-        table.add_row(safe(o.input), str(len(r.result.folds)), str(len(r.result.refusals)), _validation_cell(r),
-                      f"{r.result.before.nodes}→{r.result.after.nodes}", status)
-    console.print(table)
+        rows.append((safe(o.input), str(len(r.result.folds)), str(len(r.result.refusals)), _validation_cell(r, out),
+                     f"{r.result.before.nodes}→{r.result.after.nodes}", status))
+    out.table(("file", "folds", "refusals", "validation", "nodes before→after", "status"), rows,
+              title="bnfold optimize")
     s = summary(outcomes)
-    console.print(f"{s['files']} files: {s['written']} written, {s['validation_failed']} failed validation, "
-                  f"{s['unproven']} not proven, "
-                  f"{s['unusable']} unusable; {s['folds']} folds, {s['refusals']} refusals")
+    out.line(f"{s['files']} files: {s['written']} written, {s['validation_failed']} failed validation, "
+             f"{s['unproven']} not proven, {s['unusable']} unusable; {s['folds']} folds, {s['refusals']} refusals")
     if interrupted is not None:
-        console.print(f"{interrupted}: {s['rolled_back']} rolled back (nothing written), "
-                      f"{s['not_started']} not started")
+        out.line(f"{interrupted}: {s['rolled_back']} rolled back (nothing written), {s['not_started']} not started")

@@ -370,11 +370,10 @@ def optimize(models, output, in_place, validate, input_shapes, seed, validation,
 
         click.echo((formats.optimize_markdown if fmt == "markdown" else formats.optimize_github)(report), nl=False)
     else:
-        from rich.console import Console
-
         from .report import render
+        from .textout import Out
 
-        render(report, Console(highlight=False, soft_wrap=False, emoji=False))
+        render(report, Out())
     if report.bench_error:
         why = "it validated" if report.validation is not None else "validation was off"
         click.echo(f"bnfold: warning: {' '.join(report.bench_error.split())} (the output was written: {why})", err=True)
@@ -440,9 +439,9 @@ def _optimize_batch(models, output, options, ignore, jobs, fmt, debug) -> int:
         click.echo((formats.batch_markdown if fmt == "markdown" else formats.batch_github)(outcomes, interrupted),
                    nl=False)
     else:
-        from rich.console import Console  # only for text: JSON, markdown and annotations need no rich
+        from .textout import Out
 
-        batch.render_summary(outcomes, Console(highlight=False, soft_wrap=False, emoji=False), interrupted)
+        batch.render_summary(outcomes, Out(), interrupted)
     for outcome in outcomes:
         if debug and outcome.traceback:
             click.echo(outcome.traceback, err=True, nl=False)
@@ -571,11 +570,10 @@ def bench(model, folded, runs, time_budget, warmup, threads, provider, rounds, c
 
         click.echo(jsonout.dumps(result.to_dict()))
     else:
-        from rich.console import Console
-
         from .latency.report import render_bench
+        from .textout import Out
 
-        render_bench(result, Console(highlight=False, soft_wrap=False, emoji=False))
+        render_bench(result, Out())
     if plot is not None:  # after the results are out: a failure here costs the figure only
         from .latency.plot import plot_bench
 

@@ -2,10 +2,10 @@
 
 Node names, tensor names and file names are the model author's text: a newline in a node name
 would forge an extra finding line in ``bnfold check``'s output (for a file that does not exist),
-an escape sequence would drive the terminal, and ``[/]`` would be read as rich markup (and abort
-the report). ``printable`` turns every control character (C0, DEL, C1, line and paragraph
-separators, bidirectional overrides) into a visible escape (``\\n``, ``\\x1b``, ``\\u202e``);
-``markup_safe`` also escapes rich markup, for text that goes through rich.
+and an escape sequence would drive the terminal. ``printable`` turns every control character (C0,
+DEL, C1, line and paragraph separators, bidirectional overrides) into a visible escape (``\\n``,
+``\\x1b``, ``\\u202e``). Nothing bnfold prints is read as markup (``bnfold.textout`` writes text
+as it is), so ``[bold]`` in a name prints as ``[bold]``.
 """
 
 from __future__ import annotations
@@ -24,13 +24,6 @@ def _escape(match: re.Match) -> str:
 def printable(text: str) -> str:
     """``text`` with every control character written as a visible escape: one line, inert."""
     return _CONTROL.sub(_escape, str(text))
-
-
-def markup_safe(text: str) -> str:
-    """``printable(text)``, with rich markup escaped (``[bold]`` prints as it is)."""
-    from rich.markup import escape
-
-    return escape(printable(text))
 
 
 def size(n: int | None) -> str:

@@ -272,12 +272,11 @@ def synthetic_result(original_ms: list[float], folded_ms: list[float], sessions:
 def rendered(result: runner.BenchResult) -> str:
     from io import StringIO
 
-    from rich.console import Console
-
     from bnfold.latency.report import render_bench
+    from bnfold.textout import Out
 
     out = StringIO()
-    render_bench(result, Console(file=out, width=200, highlight=False))
+    render_bench(result, Out(out, color=False))
     return out.getvalue()
 
 

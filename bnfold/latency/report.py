@@ -1,15 +1,19 @@
-"""Terminal output of a latency measurement: rich tables and the progress bar. JSON is ``BenchResult.to_dict``."""
+"""Terminal output of a latency measurement: ``bnfold.textout`` tables, and rich's progress bar on a terminal.
+JSON is ``BenchResult.to_dict``."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
 
-from rich.console import Console
-from rich.table import Table
+from typing import TYPE_CHECKING
 
 from .runner import SETTINGS, BenchResult, ProgressCallback
-from ..text import change as _change, markup_safe as safe, size as _size
+from ..text import change as _change, printable as safe, size as _size
+from ..textout import SECTION, Out
+
+if TYPE_CHECKING:
+    from rich.console import Console
 from .stats import FASTER, NO_DIFFERENCE, Speedup
 
 
@@ -34,86 +38,82 @@ def _interval(s: Speedup) -> str:
     return f"[{_bound(s.low)}, {_bound(s.high)}]" if s.bounded else "unbounded"
 
 
-def _verdict(s: Speedup) -> str:
+def _verdict(s: Speedup, out: Out) -> str:
     """The verdict; "no measurable difference" carries the resolution it was measured with."""
     if s.verdict != NO_DIFFERENCE:
-        return f"[{'green' if s.verdict == FASTER else 'red'}]{s.verdict}[/]"
+        return out.paint(s.verdict, "green" if s.verdict == FASTER else "red")
     if not s.bounded:
         return f"{s.verdict} (too few samples: {s.n} {s.unit}, an interval needs {s.min_units})"
     return f"{s.verdict} (none beyond ±{(s.detectable - 1) * 100:.1f} %)"
 
 
-def _checks(result: BenchResult) -> str | None:
+def _checks(result: BenchResult, out: Out) -> str | None:
     """What was checked before timing, in a line (None when the result does not say)."""
     checks = result.checks
     outputs = checks.get("outputs")
     if outputs is None:
         return None
     if not outputs["checked"]:
-        return ("[yellow]Outputs not compared[/] (--no-check-outputs): the two models may compute different "
+        return (f"{out.paint('Outputs not compared', 'yellow')} (--no-check-outputs): the two models may compute different "
                 "things; the speedups compare their latencies only")
     worst = max((o["max_abs"] for o in outputs["outputs"]), default=0.0)
     return (f"Checked before timing: {safe(checks.get('interface', ''))}; every output agrees on one seeded input "
             f"within tolerance ({safe(outputs['backend'])}; largest difference {worst:.2g})")
 
 
-def render_bench(result: BenchResult, console: Console) -> None:
+def render_bench(result: BenchResult, out: Out) -> None:
     """Everything ``bnfold bench`` prints: what was compared, the model figures, the latency tables."""
     folded = safe(result.folded) if result.folded else f"folded in memory ({result.folds} fold{'s' if result.folds != 1 else ''})"
-    console.print(f"[bold]bnfold bench[/] {safe(result.original)} vs {folded}")
-    table = Table(title="Model", title_justify="left")
-    for col in ("", "original", "folded", "change"):
-        table.add_column(col, justify="right")
+    out.line(f"{out.paint('bnfold bench', 'bold')} {safe(result.original)} vs {folded}")
     b, a = result.before, result.after
-    table.add_row("nodes", str(b.nodes), str(a.nodes), _change(b.nodes, a.nodes))
-    table.add_row("parameters", f"{b.parameters:,}", f"{a.parameters:,}", _change(b.parameters, a.parameters))
-    table.add_row("file size", _size(b.file_bytes), _size(a.file_bytes), _change(b.file_bytes, a.file_bytes))
-    console.print(table)
-    render_latency(result, console)
+    out.table(("", "original", "folded", "change"), [
+        ("nodes", str(b.nodes), str(a.nodes), _change(b.nodes, a.nodes)),
+        ("parameters", f"{b.parameters:,}", f"{a.parameters:,}", _change(b.parameters, a.parameters)),
+        ("file size", _size(b.file_bytes), _size(a.file_bytes), _change(b.file_bytes, a.file_bytes))],
+        title="Model", right=("", "original", "folded", "change"))
+    render_latency(result, out)
 
 
-def render_latency(result: BenchResult, console: Console) -> None:
+def render_latency(result: BenchResult, out: Out) -> None:
     """The checks, latency and speedup tables (``optimize --bench`` appends these to its report)."""
     shapes = safe(", ".join(f"{k}={'x'.join(map(str, s))}" for k, s in result.inputs.items()))
     threads = result.threads if result.threads is not None else "onnxruntime's default"
-    checked = _checks(result)
+    checked = _checks(result, out)
     if checked:
-        console.print(checked)  # markup of its own, names escaped
-    console.print(f"Latency: onnxruntime {result.onnxruntime}, {result.provider}, threads {threads}, inputs {shapes}, "
+        out.line(checked)
+    out.line(f"Latency: onnxruntime {result.onnxruntime}, {result.provider}, threads {threads}, inputs {shapes}, "
                   f"seed {result.seed}; per setting up to {result.rounds} rounds, each a fresh session of each model "
                   f"(creation timed), {result.warmup} warm-up runs of each, then interleaved pairs (ABBA order); "
                   f"until {result.runs} pairs or {result.time_budget:g} s")
-    table = Table(title="Latency per run (ms)", title_justify="left",
-                  caption="session: median time to create a session (n: sessions per model, two per round)",
-                  caption_justify="left")
-    for col in ("setting", "model", "runs", "median", "p90", "p99", "session", "n"):
-        table.add_column(col, justify="left" if col in ("setting", "model") else "right")
+    rows = []
     for s in result.settings:
         for which in ("original", "folded"):
             lat, ses = s.latency[which], s.session[which]
-            table.add_row(s.name if which == "original" else "", which, str(lat.n), _ms(lat.median), _ms(lat.p90),
-                          _ms(lat.p99), _ms(ses.median), str(ses.n))
-    console.print(table)
+            rows.append((s.name if which == "original" else "", which, str(lat.n), _ms(lat.median), _ms(lat.p90),
+                         _ms(lat.p99), _ms(ses.median), str(ses.n)))
+    out.table(("setting", "model", "runs", "median", "p90", "p99", "session", "n"), rows,
+              title="Latency per run (ms)", right=("runs", "median", "p90", "p99", "session", "n"),
+              caption="session: median time to create a session (n: sessions per model, two per round)")
     first = result.settings[0].speedup if result.settings else None
     each = f"{first.confidence:.2%}" if first else ""
     family = f"{first.family_confidence:.0%}" if first else ""
-    table = Table(title=f"Speedup = median ratio original/folded; {each} intervals, {family} for all "
-                        f"{2 * len(result.settings)} together (Bonferroni)", title_justify="left",
-                  caption="over: the independent units (run: rounds, each the median of its ABBA blocks; session: "
-                          "ABBA blocks of rounds); interval: exact order-statistic (sign-test) interval of the median; "
-                          "±: the resolution, how far the interval reaches from the estimate (a smaller effect could "
-                          "not have been seen)", caption_justify="left")
-    for col in ("setting", "of", "over", "speedup", "interval", "verdict"):
-        table.add_column(col, justify="right" if col in ("speedup", "interval") else "left", overflow="fold")
+    speedups: list[tuple[str, ...] | None] = []
     for s in result.settings:
         for of, sp in (("run", s.speedup), ("session", s.session_speedup)):
-            table.add_row(s.name if of == "run" else "", of, f"{sp.n} {sp.unit.removeprefix('ABBA ')}", _ratio(sp),
-                          _interval(sp), _verdict(sp), end_section=of == "session")
-    console.print(table)
+            speedups.append((s.name if of == "run" else "", of, f"{sp.n} {sp.unit.removeprefix('ABBA ')}",
+                             _ratio(sp), _interval(sp), _verdict(sp, out)))
+        speedups.append(SECTION)
+    out.table(("setting", "of", "over", "speedup", "interval", "verdict"), speedups,
+              title=f"Speedup = median ratio original/folded; {each} intervals, {family} for all "
+                    f"{2 * len(result.settings)} together (Bonferroni)", right=("speedup", "interval"),
+              caption="over: the independent units (run: rounds, each the median of its ABBA blocks; session: "
+                      "ABBA blocks of rounds); interval: exact order-statistic (sign-test) interval of the median; "
+                      "±: the resolution, how far the interval reaches from the estimate (a smaller effect could "
+                      "not have been seen)")
     for s in result.settings:
         stopped = (f"; stopped by the time budget after {len(s.first)} pairs in {len(set(s.rounds))} rounds"
                    if s.stopped_by == "time budget" else "")
-        console.print(f"  {s.name} ({s.optimization_level}): {s.meaning}{stopped}")
+        out.line(f"  {s.name} ({s.optimization_level}): {s.meaning}{stopped}")
 
 
 @contextlib.contextmanager
