@@ -24,11 +24,9 @@ PEERS = ("onnxoptimizer", "onnxsim", "onnxslim", "onnxscript_optimizer", "onnxsc
 
 def models() -> dict[str, onnx.ModelProto]:
     sys.path.insert(0, str(ROOT / "tests"))
-    from layout_builders import rng_for, weight
+    from layout_builders import (ACTIVATIONS, bn_transpose_model, conv_act_scale, conv_concat, matmul_transpose_bn,
+                                 rng_for, weight)
     from qdq_builders import qat_stack
-    from test_activation import ACTIVATIONS, conv_act_scale
-    from test_concat import conv_concat
-    from test_layout import bn_transpose_model, matmul_transpose_bn
 
     return {
         "qat_stack (DQ weight → Conv → BN → Q → DQ, ×3)": qat_stack(3, 64, 56),

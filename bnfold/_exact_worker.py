@@ -22,7 +22,8 @@ from . import child
 def main(request: dict, progress: child.Progress) -> dict:
     from .feeds import save_npz
     from .io import load_runnable
-    from .runtime import Backend, one_line, prepare_for_runtime
+    from .runtime import Backend, prepare_for_runtime
+    from .text import one_line
     from .widen import widen, widen_feeds
 
     try:

@@ -29,6 +29,7 @@ from . import wire
 from .scan import is_regular, kind_of
 from .errors import BnfoldError, ModelError
 from .staging import check_fits
+from .text import one_line
 
 if TYPE_CHECKING:
     from .folding import ModelSource
@@ -41,11 +42,6 @@ LAZY_BYTES = 1024
 
 #: protobuf cannot serialize a message of 2 GiB or more.
 PROTOBUF_LIMIT = 2**31 - 1
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def load_model(path: str | os.PathLike, check: bool = True) -> onnx.ModelProto:
@@ -196,7 +192,7 @@ class ModelFile(_Source):
             try:
                 model_file.load(tensor)  # the span _check_external made explicit, as onnxruntime reads it
             except OSError as exc:
-                raise ModelError(f"{path}: cannot load external data ({_one_line(exc)})") from None
+                raise ModelError(f"{path}: cannot load external data ({one_line(exc)})") from None
         return model_file
 
     @property
@@ -297,7 +293,7 @@ def _parse(path: Path) -> onnx.ModelProto:
     try:
         model.ParseFromString(data)
     except Exception as exc:
-        raise ModelError(f"{path}: not an ONNX model (protobuf parse failed: {_one_line(exc)})") from None
+        raise ModelError(f"{path}: not an ONNX model (protobuf parse failed: {one_line(exc)})") from None
     return model
 
 
@@ -323,7 +319,7 @@ def _run_checker(path: Path) -> None:
     try:
         onnx.checker.check_model(str(path))
     except Exception as exc:
-        raise ModelError(f"{path}: invalid ONNX model ({_one_line(exc)})") from None
+        raise ModelError(f"{path}: invalid ONNX model ({one_line(exc)})") from None
 
 
 def _check_structure(path: Path, model: onnx.ModelProto, locations: set[str]) -> None:
@@ -346,7 +342,7 @@ def _check_structure(path: Path, model: onnx.ModelProto, locations: set[str]) ->
         try:
             onnx.checker.check_model(str(structure))
         except Exception as exc:
-            message = _one_line(exc).replace(str(structure), str(path)).replace(tmp + os.sep, "")
+            message = one_line(exc).replace(str(structure), str(path)).replace(tmp + os.sep, "")
             raise ModelError(f"{path}: invalid ONNX model ({message})") from None
 
 

@@ -110,7 +110,7 @@ def fold_ir_model(model: ir.Model, rules: Sequence[Rule] | None = None, *, in_pl
     try:
         proto = ir.serde.serialize_model(model)
     except Exception as exc:  # onnx-ir wraps what failed in layers naming every enclosing object
-        raise ModelError(f"the onnx_ir.Model cannot be serialized to ONNX ({_one_line(exc)})") from None
+        raise ModelError(f"the onnx_ir.Model cannot be serialized to ONNX ({_innermost_error(exc)})") from None
     _load_external_data(model, proto)
     result = fold(proto, rules, in_place=True)  # the proto is ours: no second copy
     return FoldResult(ir.serde.deserialize_model(result.model), result.folds, result.refusals, result.before,
@@ -146,7 +146,7 @@ def _load_external_data(model: ir.Model, proto: onnx.ModelProto) -> None:
             data = source.tobytes()
         except Exception as exc:
             raise ModelError(f"tensor '{tensor.name}': cannot read its external data '{source.path}' "
-                              f"({_one_line(exc)})") from None
+                              f"({_innermost_error(exc)})") from None
         finally:
             source.release()
         del tensor.external_data[:]
@@ -185,7 +185,7 @@ def _type_name(obj) -> str:
     return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__.split('.')[0]}.{cls.__qualname__}"
 
 
-def _one_line(exc: BaseException) -> str:
+def _innermost_error(exc: BaseException) -> str:
     """What failed, on one line: the innermost error of onnx-ir's chain, and the object it was on.
 
     onnx-ir wraps a failure once per enclosing object (model, graph, node, tensor), each layer

@@ -17,14 +17,11 @@ import numpy as np
 import onnx
 
 from .inputs import check_input_bytes, real_inputs, resolve_shapes
+from .text import one_line
 
 
 class CannotRun(Exception):
     """The models could not be run as given (shape, kernel, runtime error): a one-line reason."""
-
-
-def one_line(exc: BaseException, limit: int = 300) -> str:
-    return " ".join(str(exc).split())[:limit]
 
 
 def strip_empty_trailing_outputs(model: onnx.ModelProto) -> int:

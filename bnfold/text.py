@@ -26,6 +26,12 @@ def printable(text: str) -> str:
     return _CONTROL.sub(_escape, str(text))
 
 
+def one_line(exc: BaseException | str, limit: int = 300) -> str:
+    """An exception's message (or a text) as one line of at most ``limit`` characters (``...`` if cut)."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def size(n: int | None) -> str:
     """Bytes in binary units (``"-"`` for None)."""
     if n is None:

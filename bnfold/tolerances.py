@@ -47,7 +47,7 @@ boundaries of its own):
    and 8 such layers move 1.8 % and 38 % of the output's elements, 4 % by more than one
    quantum): both models run again with every activation QuantizeLinear → DequantizeLinear pair
    (same constant per-tensor scale and zero point) replaced by a Clip to its range
-   (``_validate_worker.unrounded``), which saturates as before but does not round. What differs
+   (``quantgrid.unrounded``), which saturates as before but does not round. What differs
    then is only what the fold changed, with nothing to amplify it; the output passes when it
    moved by at most ``UNROUNDED_QUANTA`` (1/8) of a quantum (``unrounded_pass``). Correct folds
    of 1-8 layers: 0.0004-0.0022 quanta; a weight scale 1 % off: 1.15-1.30 (0.1 % off: 0.12-0.13,

@@ -31,6 +31,7 @@ from multiprocessing import connection
 from typing import Any
 
 from . import signals
+from .child import signal_name
 
 #: Seconds a worker has to roll back its task after ABORT before it is killed.
 ABORT_GRACE = 30.0
@@ -182,9 +183,10 @@ class _Pool:
 
 
 def _death(code: int | None) -> str:
-    if code is not None and code < 0:
-        name = signal.Signals(-code).name if -code in signal.valid_signals() else f"signal {-code}"
-        return f"worker was killed by {name}{' (out of memory?)' if -code == signal.SIGKILL else ''}"
+    """How a worker ended, in the words ``bnfold.child`` uses for its children's signals."""
+    name = signal_name(code) if code is not None else None
+    if name is not None:
+        return f"worker was killed by {name}{' (out of memory?)' if code == -signal.SIGKILL else ''}"
     return f"worker exited with status {code}"
 
 

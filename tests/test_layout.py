@@ -24,7 +24,7 @@ from bnfold.rules._layout_axes import (
     through_transpose, through_unsqueeze,
 )
 from conftest import assert_equivalent, fold_expecting, node_named, op_types, refusal_for
-from layout_builders import bn, declared, elem, rng_for, text_model, vector, weight
+from layout_builders import bn_transpose_model, matmul_transpose_bn, bn, declared, elem, rng_for, text_model, vector, weight
 
 # -- the axis tracking against numpy ----------------------------------------------------------------
 
@@ -190,23 +190,6 @@ def folded_by(model: onnx.ModelProto, rule: str, into: str, folds: int = 1) -> o
     assert_equivalent(model, result.model)
     assert bnfold.fold(result.model).folds == []  # nothing left to fold
     return result.model
-
-
-def matmul_transpose_bn(*, bias: bool = True, dtype=np.float32, batch: str = "2", seed: int = 0):
-    """``X [B, 5, 4] → MatMul (W [4, 6]) [→ Add B] → Transpose(0, 2, 1) → BN over the 6 channels``."""
-    rng, t = rng_for(seed), elem(dtype)
-    arrays = {"W": weight(rng, (4, 6), dtype), **bn(rng, 6, dtype=dtype)}
-    add = ""
-    if bias:
-        arrays["B"] = vector(rng, [6], dtype)
-        add = "[add] a = Add (m, B)"
-    return text_model(f"""
-        g ({t}[{batch}, 5, 4] X) => ({t}[{batch}, 6, 5] Y) {{
-            [matmul] m = MatMul (X, W)
-            {add}
-            [tr] tr_out = Transpose <perm = [0, 2, 1]> ({"a" if bias else "m"})
-            [bn] Y = BatchNormalization (tr_out, bn_scale, bn_bias, bn_mean, bn_var)
-        }}""", arrays)
 
 
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
@@ -468,16 +451,6 @@ def test_bn_read_directly_and_through_a_layout_op_folds_into_every_reader():
                **bn(rng, 6)})  # Gemm with transA = 1 reads its K channels on axis 0 of A
     folded = folded_by(model, "bn-layout-linear", "conv,gemm")
     assert op_types(folded) == ["Conv", "Transpose", "Reshape", "Gemm"]
-
-
-def bn_transpose_model(reader: str, arrays: dict, out: str = "float[2, 5, 3] Y", x: str = "float[2, 6, 5] X"):
-    rng = rng_for(15)
-    return text_model(f"""
-        g ({x}) => ({out}) {{
-            [bn] b = BatchNormalization (X, bn_scale, bn_bias, bn_mean, bn_var)
-            [tr] t = Transpose <perm = [0, 2, 1]> (b)
-            {reader}
-        }}""", {**arrays, **bn(rng, 6)})
 
 
 def test_bn_whose_channels_reach_the_wrong_matmul_axis_is_refused():

@@ -29,7 +29,7 @@ from onnx import helper, numpy_helper
 
 import bnfold
 from bnfold import tolerances
-from bnfold._validate_worker import quantization_grids, unrounded
+from bnfold.quantgrid import quantization_grids, unrounded
 from bnfold.compare import quantum_errors
 from bnfold.errors import NoFold
 from bnfold.quantmath import Quantization, fold_into_scale, integer_limits, negate_channels, product_convention, requantize

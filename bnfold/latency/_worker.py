@@ -45,7 +45,8 @@ import onnx
 
 from .. import child
 from ..compare import elementwise as compare
-from ..runtime import CannotRun, make_inputs, one_line, strip_empty_trailing_outputs
+from ..runtime import CannotRun, make_inputs, strip_empty_trailing_outputs
+from ..text import one_line
 from ..errors import BnfoldError
 from ..io import ModelFile, write_model
 from .interface import output_differences

@@ -18,27 +18,7 @@ from bnfold.errors import NoFold
 from bnfold.graph import import_model
 from bnfold.rules.concat_bn import ConcatBatchNormRule
 from conftest import assert_equivalent, fold_expecting, initializer_array, node_named, op_types, refusal_for
-from layout_builders import bn, elem, rng_for, text_model, vector, weight
-
-
-def conv_concat(dtype=np.float32, *, axis: int = 1, third: bool = True, seed: int = 0) -> onnx.ModelProto:
-    """``X [2, 4, 5, 5]`` → Conv "c1" (3 channels, bias) , grouped Conv "c2" (4 channels, no bias)
-    [, ConvTranspose "c3" (2 channels)] → Concat "cat" (axis) → BN "bn" → Y."""
-    rng, t = rng_for(seed), elem(dtype)
-    arrays = {"W1": weight(rng, (3, 4, 3, 3), dtype), "B1": vector(rng, [3], dtype),
-              "W2": weight(rng, (4, 2, 3, 3), dtype), "W3": weight(rng, (4, 2, 1, 1), dtype)}
-    channels = 3 + 4 + (2 if third else 0)
-    arrays.update(bn(rng, channels, dtype=dtype))
-    third_node = "[c3] y3 = ConvTranspose <kernel_shape = [1, 1], pads = [1, 1, 1, 1]> (X, W3)" if third else ""
-    inputs = "y1, y2, y3" if third else "y1, y2"
-    return text_model(f"""
-        g ({t}[2, 4, 5, 5] X) => ({t}[2, {channels}, 3, 3] Y) {{
-            [c1] y1 = Conv (X, W1, B1)
-            [c2] y2 = Conv <group = 2> (X, W2)
-            {third_node}
-            [cat] z = Concat <axis = {axis}> ({inputs})
-            [bn] Y = BatchNormalization (z, bn_scale, bn_bias, bn_mean, bn_var)
-        }}""", arrays)
+from layout_builders import conv_concat, bn, elem, rng_for, text_model, vector, weight
 
 
 def folded(model: onnx.ModelProto, into: str) -> onnx.ModelProto:

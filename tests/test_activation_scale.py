@@ -19,44 +19,7 @@ from bnfold.graph import import_model
 from bnfold.rules.activation_scale import ScaleAfterActivationRule
 from builders import bn_after_relu_model
 from conftest import assert_equivalent, fold_expecting, initializer_array, node_named, op_types, refusal_for
-from layout_builders import elem, positive_bn, rng_for, text_model, vector, weight
-
-ACTIVATIONS = {
-    # name: (activation reading c, PRelu's slope: per channel, per element or none)
-    "relu": ("Relu (c)", None),
-    "leaky-relu": ("LeakyRelu <alpha = 0.2> (c)", None),
-    "prelu-per-channel": ("PRelu (c, slope)", "per-channel"),
-    "prelu-per-element": ("PRelu (c, slope)", "per-element"),
-}
-CONVS = {
-    # name: (X shape, W shape, output shape, the per-channel constant's shape)
-    "conv1d": ("2, 3, 6", (6, 3, 3), "2, 6, 4", [6, 1]),
-    "conv2d": ("2, 3, 6, 6", (6, 3, 3, 3), "2, 6, 4, 4", [6, 1, 1]),
-    "conv3d": ("1, 3, 4, 4, 4", (6, 3, 3, 3, 3), "1, 6, 2, 2, 2", [1, 6, 1, 1, 1]),
-}
-
-
-def conv_act_scale(act: str, slope: str | None, conv: str, scale: str = "Mul", dtype=np.float32, seed: int = 0,
-                   values=None, bias: bool = True, more: dict | None = None) -> onnx.ModelProto:
-    """``X → Conv "conv" (W [, B]) → activation "act" [(slope)] → Mul / Div "scale" (k) → Y``."""
-    x, w_shape, y, k_shape = CONVS[conv]
-    rng, t = rng_for(seed), elem(dtype)
-    k = vector(rng, k_shape, dtype, 0.3, 3.0) if values is None else np.asarray(values, dtype).reshape(k_shape)
-    arrays = {"W": weight(rng, w_shape, dtype), "B": vector(rng, [6], dtype), "k": k}
-    spatial = [int(d) for d in y.split(", ")[2:]]
-    if slope is not None:  # PRelu's slope broadcasts to the output: per channel [6, 1, ...] or per element
-        shape = [6] + (spatial if slope == "per-element" else [1] * len(spatial))
-        arrays["slope"] = vector(rng, shape, dtype, 0.05, 0.5)
-    if not bias:
-        del arrays["B"]
-    arrays.update(more or {})
-    return text_model(f"""
-        g ({t}[{x}] X) => ({t}[{y}] Y) {{
-            [conv] c = Conv (X, W{", B" if bias else ""})
-            [act] a = {act}
-            [scale] Y = {scale} (a, k)
-        }}""", arrays)
-
+from layout_builders import ACTIVATIONS, CONVS, conv_act_scale, elem, positive_bn, rng_for, text_model, vector, weight
 
 def folded(model: onnx.ModelProto, op: str = "Mul") -> onnx.ModelProto:
     result = fold_expecting(model)
