@@ -41,10 +41,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import signals, staging
-from .check import collect
 from .errors import EXIT_FAILED, EXIT_OK, EXIT_UNPROVEN, EXIT_USAGE, BnfoldError
 from .options import OptimizeOptions
-from .validation import failure_reason
 
 if TYPE_CHECKING:
     from .pipeline import Report
@@ -136,6 +134,8 @@ def collect_jobs(paths, output_dir: str | os.PathLike | None = None, *, in_place
     A job whose result's name (or its side file's, when it gets one: ``external_data``, or an
     input with external data) is longer than the file system allows is an error (``io.check_names``).
     """
+    from .check import collect
+
     out_root = Path(output_dir) if output_dir is not None else None
     out_real = os.path.realpath(out_root) if out_root is not None else None
     jobs: list[Job] = []
@@ -434,6 +434,8 @@ def interrupted_line(outcomes: list[Outcome], interrupted: signals.Interrupted) 
 
 def error_lines(outcomes: list[Outcome]) -> list[str]:
     """One ``bnfold: error:`` line per failed file, in input order."""
+    from .validation import failure_reason
+
     lines = []
     for o in outcomes:
         if o.status == UNUSABLE:

@@ -36,7 +36,7 @@ from .text import gh_data, gh_property, printable
 
 if TYPE_CHECKING:  # imported where used: a clean file is checked without onnx (bnfold.quickscan)
     from .rules import Fold, Refusal, Rule
-    from .validation import ValidationOptions
+    from .options import ValidationOptions
 
 FORMATS = ("text", "json", "github")
 #: ``FileCheck.interrupted``: a fix in progress was undone (the file is untouched); the file was
@@ -146,7 +146,7 @@ def check_file(
         return item
     from .folding import fold
     from .io import ModelFile
-    from .validation import ValidationOptions
+    from .options import ValidationOptions
 
     quickscan.attach_checker()
     if rules is None and disable:

@@ -200,7 +200,8 @@ def _validation_options(*, real_inputs: bool = True, settings_hint: str = ""):
 
 def _validation(given: dict, input_shapes: dict, seed: int, settings=None):
     """The ValidationOptions of a command's flags (``[tool.bnfold]`` values where a flag is absent)."""
-    from .validation import DEFAULT_TIMEOUT, ValidationOptions
+    from .limits import VALIDATE_TIMEOUT as DEFAULT_TIMEOUT
+    from .options import ValidationOptions
 
     def pick(key, default=None):
         value = given.get(key)
@@ -316,7 +317,7 @@ def optimize(models, output, in_place, validate, input_shapes, seed, validation,
     from .errors import BnfoldError, UsageError
     from .options import OptimizeOptions
     from .pipeline import optimize as run_optimize
-    from .validation import parse_input_shapes
+    from .inputs import parse_input_shapes
 
     # Malformed options are usage errors before any work (an input name a file lacks is that file's error).
     try:
@@ -541,7 +542,7 @@ def bench(model, folded, runs, time_budget, warmup, threads, provider, rounds, c
     from .errors import BnfoldError, UsageError
     from .latency.runner import BenchOptions
     from .latency.runner import bench as run_bench
-    from .validation import parse_input_shapes
+    from .inputs import parse_input_shapes
 
     try:
         shapes = parse_input_shapes(input_shapes)

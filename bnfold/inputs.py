@@ -124,3 +124,18 @@ def _size(n: int) -> str:
         if n >= scale:
             return f"{n / scale:.1f} {unit}"
     return f"{n} bytes"
+
+
+def parse_input_shapes(specs: list[str] | tuple[str, ...]) -> dict[str, list[int]]:
+    """Parse ``name=1x3x224x224`` specs (the CLI's ``--input-shape``) into a dict; ValueError if malformed."""
+    shapes: dict[str, list[int]] = {}
+    for spec in specs:
+        name, sep, dims = spec.rpartition("=")
+        try:
+            shape = [int(d) for d in dims.lower().split("x")] if dims else []
+        except ValueError:
+            shape = []
+        if not sep or not name or not shape or any(d < 1 for d in shape):
+            raise UsageError(f"bad input shape '{spec}': expected NAME=DIMxDIMx... with dims >= 1, e.g. input=1x3x224x224")
+        shapes[name] = shape
+    return shapes

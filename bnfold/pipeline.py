@@ -26,13 +26,15 @@ from .logs import logger
 from .staging import staged_output
 from .savings import Savings, measure
 from .options import OptimizeOptions
-from .validation import DEFAULT_TIMEOUT, ValidationOptions, ValidationResult, validate
+from .limits import VALIDATE_TIMEOUT as DEFAULT_TIMEOUT
+from .options import ValidationOptions
 from .text import printable
 
 log = logger(__name__)
 
 if TYPE_CHECKING:
     from .latency.runner import BenchOptions, BenchResult
+    from .validation import ValidationResult
 
 
 @dataclass
@@ -194,6 +196,8 @@ def _optimize(src, dst, options: OptimizeOptions) -> Report:
         log.debug("wrote %d bytes to the staging file %s, %.3f s", report.output_bytes or 0, printable(str(tmp)),
                   timings["save"])
         if validate_output and result.changed:
+            from .validation import validate
+
             start = time.perf_counter()
             report.validation = validate(src, tmp, **validation.keywords())
             timings["validate"] = time.perf_counter() - start

@@ -34,50 +34,11 @@ import onnx
 
 from . import child, tolerances
 from .errors import BnfoldError, ModelError, UsageError
-from .limits import VALIDATE_TIMEOUT
+from .limits import VALIDATE_TIMEOUT as DEFAULT_TIMEOUT
+from .options import REFERENCES, ValidationOptions
 from .tolerances import check_tolerances
 
-DEFAULT_TIMEOUT = VALIDATE_TIMEOUT
 PASSED, FAILED, UNPROVEN = "passed", "failed", "unproven"
-REFERENCES = ("original", "float64")
-
-
-@dataclass(frozen=True)
-class ValidationOptions:
-    """How a validation runs, checked once (``checked``) and passed whole (pipeline, batch, check).
-
-    ``inputs``: ``.npz`` files or folders of them (or feed dicts, from the API) instead of random
-    sets; ``accept_unproven``: write a fold that validation could not prove (a failed one never).
-    """
-
-    input_shapes: Mapping[str, list[int]] = field(default_factory=dict)
-    inputs: tuple | None = None
-    atol: float | None = None
-    rtol: float | None = None
-    seed: int = 0
-    reference: str = "original"
-    timeout: float | None = DEFAULT_TIMEOUT
-    accept_unproven: bool = False
-
-    def checked(self) -> ValidationOptions:
-        """Itself, or BnfoldError for a value no validation could use (before any work)."""
-        check_tolerances(self.atol, self.rtol)
-        if self.reference not in REFERENCES:
-            raise UsageError(f"--reference {self.reference}: expected one of {', '.join(REFERENCES)}")
-        if self.timeout is not None and not self.timeout > 0:
-            raise UsageError(f"--validate-timeout {self.timeout}: expected a number of seconds > 0 (0: no limit)")
-        if self.inputs is not None and not isinstance(self.inputs, tuple):
-            raise UsageError("inputs: expected a tuple of feed dicts or .npz paths")
-        return self
-
-    def keywords(self) -> dict:
-        """These options as ``validate``'s keyword arguments."""
-        return dict(input_shapes=dict(self.input_shapes) or None, inputs=self.inputs, atol=self.atol, rtol=self.rtol,
-                    seed=self.seed, reference=self.reference, timeout=self.timeout)
-
-    def allows(self, result: ValidationResult | None) -> bool:
-        """Whether a fold with this validation result may be written."""
-        return result is None or result.passed or (self.accept_unproven and result.verdict == UNPROVEN)
 
 
 @dataclass(frozen=True)
@@ -191,21 +152,6 @@ class ValidationResult:
 def failure_reason(error: str | None) -> str:
     """Why a validation did not pass, for one-line messages."""
     return error or "outputs differ beyond tolerance"
-
-
-def parse_input_shapes(specs: list[str] | tuple[str, ...]) -> dict[str, list[int]]:
-    """Parse ``name=1x3x224x224`` specs (the CLI's ``--input-shape``) into a dict; ValueError if malformed."""
-    shapes: dict[str, list[int]] = {}
-    for spec in specs:
-        name, sep, dims = spec.rpartition("=")
-        try:
-            shape = [int(d) for d in dims.lower().split("x")] if dims else []
-        except ValueError:
-            shape = []
-        if not sep or not name or not shape or any(d < 1 for d in shape):
-            raise UsageError(f"bad input shape '{spec}': expected NAME=DIMxDIMx... with dims >= 1, e.g. input=1x3x224x224")
-        shapes[name] = shape
-    return shapes
 
 
 def _input_files(inputs, workdir: str) -> list[str]:

@@ -229,7 +229,7 @@ def test_fix_leaves_clean_files_unwritten(clean):
 
 
 def test_fix_that_fails_validation_leaves_the_file_and_exits_1(foldable, monkeypatch):
-    monkeypatch.setattr(bnfold.pipeline, "validate", lambda *a, **k: ValidationResult("failed", reason="forced"))
+    monkeypatch.setattr("bnfold.validation.validate", lambda *a, **k: ValidationResult("failed", reason="forced"))
     before = sha256(foldable)
     result = run("--fix", "--format", "json", foldable)
     assert result.exit_code == 1
@@ -288,7 +288,7 @@ def test_fix_with_a_disabled_rule_still_folds_with_the_others(project, tmp_path)
 
 
 def test_fix_with_rules_that_fails_validation_leaves_the_file(project, foldable, monkeypatch):
-    monkeypatch.setattr("bnfold.pipeline.validate", lambda *a, **k: ValidationResult("failed", reason="forced"))
+    monkeypatch.setattr("bnfold.validation.validate", lambda *a, **k: ValidationResult("failed", reason="forced"))
     before = sha256(foldable)
     result = run("--disable", "gemm-bn", "--fix", foldable)
     assert result.exit_code == 1
@@ -347,7 +347,7 @@ def test_tolerances_from_settings_and_flags_reach_the_fix(project, foldable, mon
         seen.append((atol, rtol))
         return ValidationResult("passed")
 
-    monkeypatch.setattr(bnfold.pipeline, "validate", fake_validate)
+    monkeypatch.setattr("bnfold.validation.validate", fake_validate)
     settings(project, "atol = 0.5\nrtol = 0.25")
     assert run("--fix", foldable).exit_code == 0
     onnx.save(builders.conv_bn_model(), foldable)

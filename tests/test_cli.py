@@ -475,3 +475,23 @@ def test_long_fold_lists_print_one_row_per_fold(tmp_path):
     assert [c.strip() for c in rows[0].strip("│").split("│")] == ["BatchNormalization 'bn0'", "Conv 'conv0'",
                                                                  "conv-bn", "main", "8 MAC, 64 B"]
     assert len({len(r) for r in rows}) == 1  # aligned: every row as wide as the others
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_optimize_without_validation_imports_only_what_it_uses(tmp_path, fmt):
+    """``--no-validate`` imports neither validation (nor its child-process harness) nor rich: the text
+    report is drawn by bnfold.textout. The same run with validation imports validation."""
+    src = tmp_path / "m.onnx"
+    onnx.save(builders.conv_bn_model(), src)
+
+    def imported(*args):
+        done = subprocess.run([sys.executable, "-X", "importtime", "-m", "bnfold", "optimize", str(src), "-o",
+                               str(tmp_path / "out.onnx"), "--format", fmt, *args], capture_output=True, text=True,
+                              env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        assert done.returncode == 0, done.stderr[-2000:]
+        return {line.split("|")[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+
+    names = imported("--no-validate")
+    assert {"bnfold.rules", "bnfold.folding", "onnx_graphsurgeon"} <= names
+    assert not names & {"bnfold.validation", "bnfold.child", "bnfold._validate_worker", "rich", "rich.table"}, names
+    assert {"bnfold.validation", "bnfold.child"} <= imported()

@@ -82,7 +82,7 @@ def fixed_validation(output: str = "Z", verdict: str = "passed", reason: str | N
 def fixed(monkeypatch):
     """Validation replaced by ``fixed_validation``; call the fixture's value to change what it returns."""
     result = {"value": fixed_validation()}
-    monkeypatch.setattr(bnfold.pipeline, "validate", lambda *a, **k: result["value"])
+    monkeypatch.setattr("bnfold.validation.validate", lambda *a, **k: result["value"])
     return lambda **kw: result.update(value=fixed_validation(**kw))
 
 
@@ -372,7 +372,7 @@ def test_check_markdown_of_a_clean_tree(models):
 
 
 def test_check_markdown_after_fix(models, monkeypatch):
-    monkeypatch.setattr(bnfold.pipeline, "validate", lambda *a, **k: fixed_validation(output="Y"))
+    monkeypatch.setattr("bnfold.validation.validate", lambda *a, **k: fixed_validation(output="Y"))
     result = run("check", "--fix", "--format", "markdown", models["foldable"])
     assert result.exit_code == 0, result.output
     assert result.stdout == (f"## bnfold check\n\nNothing to fold in 1 file · 1 fixed (1 folded)\n\n### Fixed\n\n"

@@ -168,7 +168,8 @@ def test_interrupted_optimize_leaves_no_trace(src, tmp_path, monkeypatch, failin
         raise KeyboardInterrupt
 
     replacement = write_half_then_fail if failing == "write_model" else interrupt
-    monkeypatch.setattr(f"bnfold.pipeline.{failing}", replacement)
+    monkeypatch.setattr("bnfold.pipeline.write_model" if failing == "write_model" else "bnfold.validation.validate",
+                        replacement)
 
     with pytest.raises(OSError if failing == "write_model" else KeyboardInterrupt):
         bnfold.optimize(src, dst)
