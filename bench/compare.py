@@ -530,11 +530,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _write_markdown(path: Path, rendered: str) -> None:
+    """Write the rendered sections, keeping the file's hand-written tail (``render.HAND_WRITTEN``)."""
+    old = path.read_text() if path.exists() else None
+    path.write_text(with_hand_written(rendered, old))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.render_only:
         data = load_json(args.json_path)
-        args.md_path.write_text(render(data))
+        _write_markdown(args.md_path, render(data))
         print(f"rendered {args.md_path} from {args.json_path}")
         return 0
     names = all_model_names(tuple(args.chains))
@@ -610,14 +616,14 @@ def main(argv: list[str] | None = None) -> int:
     launcher.close()
     runs[-1]["finished"] = _now()
     save_json(data, args.json_path)
-    args.md_path.write_text(render(data))
+    _write_markdown(args.md_path, render(data))
     log(f"wrote {args.json_path} and {args.md_path}")
     return 0
 
 
 # -- Markdown ---------------------------------------------------------------------------------------
 
-from render import render  # noqa: E402  (the renderer lives beside this file)
+from render import render, with_hand_written  # noqa: E402  (the renderer lives beside this file)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -605,3 +605,15 @@ def render(data: dict) -> str:
     if notes.items:
         parts += ["", "## Notes", "", *(f"{i}. {text}" for i, text in enumerate(notes.items, 1))]
     return "\n".join(p for p in parts) .replace("\n\n\n", "\n\n").rstrip() + "\n"
+
+
+#: The line after which docs/BENCHMARKS.md is written by hand (QDQ, the peers' patterns, start-up):
+#: ``with_hand_written`` keeps it and what follows it when the sections above are rendered again.
+HAND_WRITTEN = "<!-- Written by hand from here on: bench/compare.py keeps the rest of this file when it renders the sections above. -->"
+
+
+def with_hand_written(rendered: str, old: str | None) -> str:
+    """``rendered`` followed by the hand-written part of the file it replaces (``old``), if any."""
+    if not old or HAND_WRITTEN not in old:
+        return rendered
+    return rendered.rstrip("\n") + "\n\n" + old[old.index(HAND_WRITTEN):]

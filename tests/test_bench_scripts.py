@@ -69,3 +69,15 @@ def test_render_states_failures_and_targets():
     assert "RecursionError: maximum recursion depth" in text        # the failure is written down
     assert "2.00× (2.00 s vs 1.00 s)" in text                       # 1.5× load+save target missed
     assert "bnfold bench not available" in text
+
+
+def test_a_render_keeps_the_hand_written_sections(tmp_path):
+    render = _load("render")
+    old = f"## Results\n\nold numbers\n\n{render.HAND_WRITTEN}\n\n## Start-up\n\nmeasured by hand\n"
+    assert render.with_hand_written("## Results\n\nnew numbers\n", old) == (
+        f"## Results\n\nnew numbers\n\n{render.HAND_WRITTEN}\n\n## Start-up\n\nmeasured by hand\n")
+    assert render.with_hand_written("## Results\n", None) == "## Results\n"
+    assert render.with_hand_written("## Results\n", "## Results\n\nno marker\n") == "## Results\n"
+    docs = (BENCH.parent / "docs" / "BENCHMARKS.md").read_text()
+    tail = docs[docs.index(render.HAND_WRITTEN):]  # the file carries the marker before its hand-written sections
+    assert "## Start-up" in tail and "## Quantized weights (QDQ)" in tail and "## Results per model" not in tail
