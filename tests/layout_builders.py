@@ -67,6 +67,21 @@ def declared(model: onnx.ModelProto, name: str, shape) -> onnx.ModelProto:
     return model
 
 
+
+def expose(model: onnx.ModelProto, name: str, how: str, shape: list[int]) -> onnx.ModelProto:
+    """Let something else see the float tensor ``name``: ``how`` "output" makes it a graph output too,
+    "reader" gives it a second reader (Relu "side", whose output "side_out" is a graph output).
+    The model is changed in place, checked (``full_check``) and returned."""
+    graph = model.graph
+    if how == "output":
+        graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, shape))
+    else:
+        graph.node.append(onnx.helper.make_node("Relu", [name], ["side_out"], name="side"))
+        graph.output.append(onnx.helper.make_tensor_value_info("side_out", onnx.TensorProto.FLOAT, shape))
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
 # Models of the rules' own tests that bench/patterns.py measures too.
 
 ACTIVATIONS = {

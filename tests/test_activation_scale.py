@@ -19,7 +19,8 @@ from bnfold.graph import import_model
 from bnfold.rules.activation_scale import ScaleAfterActivationRule
 from builders import bn_after_relu_model
 from conftest import assert_equivalent, fold_expecting, initializer_array, node_named, op_types, refusal_for
-from layout_builders import ACTIVATIONS, CONVS, conv_act_scale, elem, positive_bn, rng_for, text_model, vector, weight
+from layout_builders import (ACTIVATIONS, CONVS, conv_act_scale, elem, expose, positive_bn, rng_for, text_model, vector,
+                             weight)
 
 def folded(model: onnx.ModelProto, op: str = "Mul") -> onnx.ModelProto:
     result = fold_expecting(model)
@@ -149,14 +150,8 @@ def test_an_activation_a_scale_does_not_commute_with_is_refused(act, reason):
     ("a-output", "Relu 'act' output 'a' is also a graph output"),
 ])
 def test_an_output_that_others_see_is_refused(where, reason):
-    model = conv_act_scale("Relu (c)", None, "conv2d")
-    graph, name = model.graph, where.split("-")[0]
-    if where.endswith("output"):
-        graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [2, 6, 4, 4]))
-    else:
-        graph.node.append(onnx.helper.make_node("Relu", [name], ["Z"], name="side"))
-        graph.output.append(onnx.helper.make_tensor_value_info("Z", onnx.TensorProto.FLOAT, [2, 6, 4, 4]))
-    onnx.checker.check_model(model, full_check=True)
+    name, how = where.split("-")[0], "output" if where.endswith("-output") else "reader"
+    model = expose(conv_act_scale("Relu (c)", None, "conv2d"), name, how, [2, 6, 4, 4])
     assert reason in refused(model)
 
 

@@ -18,7 +18,7 @@ from bnfold.errors import NoFold
 from bnfold.graph import import_model
 from bnfold.rules.concat_bn import ConcatBatchNormRule
 from conftest import assert_equivalent, fold_expecting, initializer_array, node_named, op_types, refusal_for
-from layout_builders import conv_concat, bn, elem, rng_for, text_model, vector, weight
+from layout_builders import bn, conv_concat, elem, expose, rng_for, text_model, vector, weight
 
 
 def folded(model: onnx.ModelProto, into: str) -> onnx.ModelProto:
@@ -136,15 +136,8 @@ def test_a_concat_input_that_is_not_a_linear_output_is_no_match():
     ("z-output", "Concat 'cat' output 'z' is also a graph output"),
 ])
 def test_a_value_others_see_is_refused(where, reason):
-    model = conv_concat(third=False)
-    graph, name = model.graph, where.split("-")[0]
-    shape = [2, 4, 3, 3] if name == "y2" else [2, 7, 3, 3]
-    if where.endswith("output"):
-        graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, shape))
-    else:
-        graph.node.append(onnx.helper.make_node("Relu", [name], ["Q"], name="side"))
-        graph.output.append(onnx.helper.make_tensor_value_info("Q", onnx.TensorProto.FLOAT, shape))
-    onnx.checker.check_model(model, full_check=True)
+    name, how = where.split("-")
+    model = expose(conv_concat(third=False), name, how, [2, 4, 3, 3] if name == "y2" else [2, 7, 3, 3])
     assert reason in refused(model)
 
 
