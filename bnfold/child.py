@@ -142,13 +142,7 @@ def run(argv: Sequence[str], request: dict, *, timeout: float | None = None, mem
 
 def _spawn(args: list[str], err: IO[bytes]) -> subprocess.Popen[bytes]:
     """The child, in a process group of its own (its pid is the group's id), stdout a pipe."""
-    if sys.version_info >= (3, 11):
-        return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
-                                process_group=0)
-    # Python 3.10 has no process_group; a session of its own makes it a group leader just the same
-    # (setsid, done in C between fork and exec like process_group's setpgid, unlike preexec_fn)
-    return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
-                            start_new_session=True)
+    return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, process_group=0)
 
 
 def _follow(proc: subprocess.Popen[bytes], deadline: float | None, on_event: EventCallback | None) -> tuple[str, bool]:

@@ -121,14 +121,12 @@ def _rule_options(command):
 
 def _settings(disable, ignore):
     """(settings, names of the rules that do not run, ignore globs) from ``[tool.bnfold]`` and the
-    flags; a warning if unreadable."""
+    flags."""
     from pathlib import Path
 
     from .config import check_globs, check_rule_names, load_settings
 
     settings = load_settings(Path.cwd())
-    if settings.warning:
-        click.echo(f"bnfold: warning: {settings.warning}", err=True)
     check_rule_names(disable, "--disable")
     check_globs(ignore, "--ignore")
     disabled = frozenset({*settings.disable, *disable})

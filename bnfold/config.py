@@ -14,9 +14,7 @@ The file is found by walking up from the current directory; the first ``pyprojec
 is the project's, whether or not it has a ``[tool.bnfold]`` table (a parent project's settings
 never leak into a nested one). ``ignore`` globs are relative to that file's folder.
 
-Reading TOML needs ``tomllib`` (Python 3.11+) or the ``tomli`` package; on Python 3.10 without
-``tomli`` the settings are not read, and ``Settings.warning`` says so when the file has a
-``[tool.bnfold]`` table. An unknown key, a value of the wrong type or an unknown rule name is a
+An unknown key, a value of the wrong type or an unknown rule name is a
 ``UsageError`` naming it (the CLI turns it into one line and exit 2).
 """
 
@@ -26,20 +24,13 @@ import functools
 import math
 import os
 import re
-import sys
+import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UsageError
 
-if sys.version_info >= (3, 11):
-    import tomllib as _toml
-else:  # Python 3.10
-    try:
-        import tomli as _toml
-    except ModuleNotFoundError:
-        _toml = None
 
 KEYS = ("atol", "rtol", "reference", "accept_unproven", "disable", "ignore")
 
@@ -54,7 +45,6 @@ class Settings:
         disable: names of rules that do not run.
         ignore: glob patterns of paths ``check`` skips, relative to ``root``.
         root: the folder of the ``pyproject.toml`` read (None when there was none).
-        warning: why settings that exist were not read (no TOML parser), else None.
     """
 
     atol: float | None = None
@@ -64,7 +54,6 @@ class Settings:
     disable: tuple[str, ...] = ()
     ignore: tuple[str, ...] = ()
     root: Path | None = None
-    warning: str | None = None
 
 
 def find_pyproject(start: Path) -> Path | None:
@@ -85,16 +74,10 @@ def load_settings(start: Path, rule_names: Iterable[str] | None = None) -> Setti
     path = find_pyproject(start)
     if path is None:
         return Settings()
-    if _toml is None:
-        text = path.read_text(encoding="utf-8", errors="replace")
-        warning = None
-        if re.search(r"^\s*\[\s*tool\.bnfold\s*\]", text, re.MULTILINE):
-            warning = f"{path}: [tool.bnfold] not read: Python < 3.11 needs the 'tomli' package to read TOML"
-        return Settings(root=path.parent, warning=warning)
     try:
         with path.open("rb") as f:
-            doc = _toml.load(f)
-    except (_toml.TOMLDecodeError, UnicodeDecodeError) as exc:
+            doc = tomllib.load(f)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"{path}: invalid TOML: {exc}") from None
     tool = doc.get("tool", {})
     if not isinstance(tool, dict):

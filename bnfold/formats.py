@@ -133,7 +133,7 @@ def _saving(s: dict | None) -> str:
 
 def _validation_lines(v: dict, level: int) -> list[str]:
     lines = [f"{'#' * level} Validation: {_VERDICT_WORDS.get(v['verdict'], escape(v['verdict']))}", ""]
-    how = f"{escape(v.get('backend', ''))}, seed {v.get('seed', 0)}"
+    how = ", ".join([escape(v["backend"])] * bool(v.get("backend")) + [f"seed {v.get('seed', 0)}"])
     sets = v.get("sets") or []
     if sets:
         shapes = ", ".join(f"{k}={'x'.join(map(str, s))}" for k, s in sets[0]["inputs"].items())

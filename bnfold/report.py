@@ -29,7 +29,8 @@ def render_validation(v, out: Out) -> None:
     """The verdict, how it was reached, and Polygraphy's figures per output (worst input set)."""
     words = {"passed": out.paint("passed", "green"), "failed": out.paint("FAILED", "red"),
              "unproven": out.paint("could not prove the fold", "yellow")}
-    out.line(f"Validation {words.get(v.verdict, safe(v.verdict))}: {safe(v.backend)}, seed {v.seed}")
+    how = f"{safe(v.backend)}, seed {v.seed}" if v.backend else f"seed {v.seed}"
+    out.line(f"Validation {words.get(v.verdict, safe(v.verdict))}: {how}")
     if v.reason:
         out.line(f"  {'why' if v.verdict != 'failed' else 'worst'}: {safe(v.reason)}")
     if v.sets:

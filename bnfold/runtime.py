@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import re
 import zlib
 from collections.abc import Callable
 
@@ -22,6 +23,34 @@ from .text import one_line
 
 class CannotRun(Exception):
     """The models could not be run as given (shape, kernel, runtime error): a one-line reason."""
+
+
+_ORT_STATUS = re.compile(r"\[ONNXRuntimeError\] : \d+ : ([A-Z_]+) : ")
+_CPP_SOURCE = re.compile(r"\S+\.(?:cc|cpp|cxx|h|hpp):\d+ ")
+_CPP_DECLARATOR = re.compile(r"[\w:<>,*&~ \[\]]+")  # ``virtual Status onnxruntime::Foo<T>::Compute``
+
+
+def error_text(exc: BaseException | str, limit: int = 300) -> str:
+    """A runtime's error as one line (``text.one_line``), onnxruntime's boilerplate taken out so that
+    the reason fits: ``[ONNXRuntimeError] : 1 : FAIL : /src/model.cc:256 onnxruntime::Model::Model(...)
+    Unsupported model IR version: 15, ...`` becomes ``FAIL: Unsupported model IR version: 15, ...``."""
+    text = str(exc).strip()
+    status = _ORT_STATUS.match(text)
+    if status is None:
+        return one_line(text, limit)
+    text = text[status.end():]
+    source = _CPP_SOURCE.match(text)
+    if source is not None:  # the C++ file:line, then the function and its parameters: no reason in them
+        rest = text[source.end():]
+        opening = rest.find("(")
+        if opening > 0 and _CPP_DECLARATOR.fullmatch(rest[:opening]):
+            depth = 0
+            for end, char in enumerate(rest[opening:], opening):
+                depth += (char == "(") - (char == ")")
+                if depth == 0:
+                    text = rest[end + 1:].strip().removeprefix("const ").lstrip()
+                    break
+    return one_line(f"{status.group(1)}: {text}", limit)
 
 
 def strip_empty_trailing_outputs(model: onnx.ModelProto) -> int:
@@ -198,7 +227,7 @@ class Backend:
         except Exception as exc:
             if self.reference or not no_kernel(exc):
                 raise CannotRun(f"{'onnx.reference' if self.reference else 'onnxruntime'} cannot load the {which} "
-                                f"model: {one_line(exc)}") from None
+                                f"model: {error_text(exc)}") from None
             self.name = self.REFERENCE
             self.first = self.session(first, which)
 
@@ -219,4 +248,4 @@ class Backend:
         try:
             return [np.asarray(v) for v in session.run(None, feeds)]
         except Exception as exc:
-            raise CannotRun(f"running the {which} model failed: {one_line(exc)}{hint}") from None
+            raise CannotRun(f"running the {which} model failed: {error_text(exc)}{hint}") from None

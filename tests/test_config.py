@@ -67,16 +67,6 @@ def test_a_wrong_setting_is_one_error_naming_it(tmp_path, text, message):
     assert "\n" not in str(info.value)
 
 
-def test_without_a_toml_parser_settings_are_not_read_and_a_warning_says_so(tmp_path, monkeypatch):
-    monkeypatch.setattr(bnfold.config, "_toml", None)
-    path = write(tmp_path, "[tool.bnfold]\nunknown = 1\n")
-    settings = load_settings(tmp_path)
-    assert (settings.atol, settings.disable, settings.ignore) == (None, (), ())
-    assert settings.warning == f"{path}: [tool.bnfold] not read: Python < 3.11 needs the 'tomli' package to read TOML"
-    write(tmp_path, "[project]\nname = 'x'\n")
-    assert load_settings(tmp_path).warning is None
-
-
 @pytest.mark.parametrize(("pattern", "path", "matches"), [
     ("*.quant.onnx", "a/b/m.quant.onnx", True),
     ("*.quant.onnx", "a/b/m.onnx", False),

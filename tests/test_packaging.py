@@ -67,7 +67,7 @@ def test_wheel_metadata(built):
     assert meta["License"] is None  # the free-text field is gone with the deprecated table
     assert meta.get_all("License-File") == ["LICENSE"]
     assert zf_text(wheel, f"{info}/licenses/LICENSE").startswith("MIT License")
-    assert meta["Requires-Python"] == ">=3.10"
+    assert meta["Requires-Python"] == ">=3.11"
     assert "Typing :: Typed" in meta.get_all("Classifier")
     assert any(line.startswith("bnfold/py.typed,") for line in record)
     assert "[console_scripts]\nbnfold = bnfold.cli:main" in entry_points

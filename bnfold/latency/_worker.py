@@ -45,8 +45,7 @@ import onnx
 
 from .. import child
 from ..compare import elementwise as compare
-from ..runtime import CannotRun, make_inputs, strip_empty_trailing_outputs
-from ..text import one_line
+from ..runtime import CannotRun, error_text, make_inputs, strip_empty_trailing_outputs
 from ..errors import BnfoldError
 from ..io import ModelFile, write_model
 from .interface import output_differences
@@ -127,7 +126,7 @@ def _measure(setting: str, paths: dict[str, str], feeds, req: dict, progress: ch
             try:
                 sessions[which], ms = _create(paths[which], options, providers)
             except Exception as exc:
-                raise CannotRun(f"onnxruntime cannot load the {which} model ({level}): {one_line(exc)}") from None
+                raise CannotRun(f"onnxruntime cannot load the {which} model ({level}): {error_text(exc)}") from None
             creation[which].append(ms)
         used = sessions["original"].get_providers()
         deadline = start + (r + 1) * budget / rounds
@@ -152,7 +151,7 @@ def _measure(setting: str, paths: dict[str, str], feeds, req: dict, progress: ch
                 if i >= 1 and now >= deadline:
                     break
         except Exception as exc:
-            raise CannotRun(f"running the models failed ({level}): {one_line(exc)}") from None
+            raise CannotRun(f"running the models failed ({level}): {error_text(exc)}") from None
         del sessions
         elapsed = time.perf_counter() - start
         if len(first) >= runs or (elapsed >= budget and len(first) >= req["min_pairs"]):
@@ -183,11 +182,11 @@ def _check_outputs(paths: dict[str, str], feeds, threads: int | None, progress: 
         try:
             session, _ = _create(paths[which], options, ["CPUExecutionProvider"])
         except Exception as exc:
-            raise CannotRun(f"onnxruntime cannot load the {which} model (ORT_DISABLE_ALL): {one_line(exc)}") from None
+            raise CannotRun(f"onnxruntime cannot load the {which} model (ORT_DISABLE_ALL): {error_text(exc)}") from None
         try:
             outputs[which] = dict(zip((o.name for o in session.get_outputs()), session.run(None, feeds)))
         except Exception as exc:
-            raise CannotRun(f"running the {which} model failed (ORT_DISABLE_ALL): {one_line(exc)}") from None
+            raise CannotRun(f"running the {which} model failed (ORT_DISABLE_ALL): {error_text(exc)}") from None
         del session
     comparisons = []
     for name, ref in outputs["original"].items():
