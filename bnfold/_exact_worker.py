@@ -4,8 +4,8 @@ Run as ``python -m bnfold._exact_worker REQUEST.json`` (``bnfold.child``), the r
 ``{"model": MODEL.onnx, "out": OUT.npz, "sets": [SET.npz, ...]}``: widens MODEL
 (``bnfold.widen``), runs it on every input set (onnxruntime where it has the float64 kernels,
 onnx.reference otherwise) and writes the outputs, ``set{k}/{output}``, into OUT.npz. A process of
-its own, its address space limited by its parent (``_validate_worker.EXACT_MEMORY_FRACTION`` of
-physical memory): onnx.reference can take tens of GB on a segmentation network (im2col of dilated
+its own, its address space limited by its parent (``_validate_worker.EXACT_MEMORY_FRACTION`` of the
+memory bnfold may use): onnx.reference can take tens of GB on a segmentation network (im2col of dilated
 convolutions), and running out must cost the exact reference, not the whole validation. The
 result is ``{}`` with OUT written, else ``{"error": why}``.
 """

@@ -32,7 +32,7 @@ from .runtime import Backend, CannotRun, prepare_for_runtime
 from .text import one_line
 from .widen import widen_feeds
 
-#: The exact reference (``bnfold._exact_worker``) may use at most this fraction of physical memory
+#: The exact reference (``bnfold._exact_worker``) may use at most this fraction of the memory bnfold may use
 #: (address space).
 EXACT_MEMORY_FRACTION = 0.5
 

@@ -116,8 +116,8 @@ class Ended:
 def run(argv: Sequence[str], request: dict, *, timeout: float | None = None, memory_fraction: float | None = None,
         on_event: EventCallback | None = None) -> Ended:
     """Run ``[*argv, REQUEST.json]`` as described in the module docstring: at most ``timeout``
-    seconds (None: no limit), with its address space limited to ``memory_fraction`` of physical
-    memory (where that can be set), each event of its stdout passed to ``on_event``."""
+    seconds (None: no limit), with its address space limited to ``memory_fraction`` of the memory
+    bnfold may use (``limits.usable_memory``; where that can be set), each event of its stdout passed to ``on_event``."""
     with tempfile.TemporaryDirectory(prefix="bnfold-child-") as folder:
         paths = {k: os.path.join(folder, f"{k}.json") for k in ("request", "result")}
         full = {**request, "result": paths["result"], "parent": os.getpid()}
@@ -218,10 +218,10 @@ def _read_result(path: str) -> dict | None:
 def _memory_bytes(fraction: float | None) -> int | None:
     if fraction is None:
         return None
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * fraction)
-    except (ValueError, OSError, AttributeError):  # no limit where it cannot be known: still bounded by time
-        return None
+    from .limits import usable_memory
+
+    usable = usable_memory()
+    return None if usable is None else int(usable * fraction)  # (unknown: no limit, still bounded by time)
 
 
 def model_file(model, folder: str | os.PathLike, name: str) -> Path:

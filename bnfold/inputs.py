@@ -7,21 +7,20 @@ Symbolic dimensions not given default to 1. Anything else is a usage error (``Us
 found here before a model runs, not a runtime failure reported as "validation failed".
 
 The inputs must also fit in memory: their bytes, from dtype and shape, may be at most
-``1 / MEMORY_FRACTION`` of physical memory (random inputs are drawn in float64 before the cast,
+``1 / MEMORY_FRACTION`` of the memory bnfold may use (``limits.usable_memory``: physical memory,
+or less under a container's or CI job's limit; random inputs are drawn in float64 before the cast,
 and the runtime's activations come on top, so a quarter leaves room for both).
 """
 
 from __future__ import annotations
 
-import os
-
 import onnx
 
 from .errors import UsageError
 
-#: Inputs may take at most this fraction (1/N) of physical memory.
+#: Inputs may take at most this fraction (1/N) of the memory bnfold may use.
 MEMORY_FRACTION = 4
-#: The bound where physical memory cannot be read (no ``os.sysconf``).
+#: The bound where no memory size can be read (no ``os.sysconf``, no control group).
 FALLBACK_LIMIT = 4 << 30
 
 
@@ -84,11 +83,12 @@ def resolve_shapes(label: str, model: onnx.ModelProto, given: dict[str, list[int
 
 
 def memory_limit() -> int:
-    """Most bytes the inputs may take: ``1 / MEMORY_FRACTION`` of physical memory."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // MEMORY_FRACTION
-    except (AttributeError, ValueError, OSError):
-        return FALLBACK_LIMIT
+    """Most bytes the inputs may take: ``1 / MEMORY_FRACTION`` of the memory this process may use
+    (``limits.usable_memory``: physical memory, or a container's limit)."""
+    from .limits import usable_memory
+
+    usable = usable_memory()
+    return FALLBACK_LIMIT if usable is None else usable // MEMORY_FRACTION
 
 
 def input_bytes(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> int:
@@ -116,7 +116,7 @@ def check_input_bytes(label: str, model: onnx.ModelProto, shapes: dict[str, list
     if total > limit:
         specs = ", ".join(spec(name, shape) for name, shape in shapes.items())
         raise UsageError(f"{label}: cannot allocate inputs of {_size(total)} for {specs} (bnfold allows "
-                          f"{_size(limit)}: 1/{MEMORY_FRACTION} of this machine's memory)")
+                          f"{_size(limit)}: 1/{MEMORY_FRACTION} of the memory it may use)")
 
 
 def _size(n: int) -> str:

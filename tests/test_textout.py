@@ -73,3 +73,51 @@ def test_colour_only_for_a_terminal(monkeypatch):
     assert not wants_color(Tty())
     monkeypatch.setenv("FORCE_COLOR", "1")
     assert wants_color(io.StringIO())
+
+
+def test_a_stream_without_box_characters_gets_ascii_boxes_and_escapes():
+    stream = io.TextIOWrapper(io.BytesIO(), encoding="latin-1")
+    out = Out(stream, color=False)
+    out.line("a → b, é, 名")
+    out.table(("node", "n"), [("bn_é→名", "1")], title="Folded (1)")
+    stream.flush()
+    text = stream.buffer.getvalue().decode("latin-1")
+    assert text.splitlines() == [
+        "a -> b, é, \\u540d",
+        "Folded (1)",
+        "+--------------+---+",
+        "| node         | n |",
+        "+==============+===+",
+        "| bn_é->\\u540d | 1 |",
+        "+--------------+---+",
+    ]
+
+
+@pytest.mark.parametrize("encoding", ["ascii", "latin-1"])
+def test_names_the_terminal_cannot_encode_do_not_fail_a_run(tmp_path, encoding):
+    """A node named in CJK on a latin-1 (or ASCII) terminal: the model is written, the report says so,
+    the exit code is the command's own, never an encoding error's 2."""
+    import os
+    import subprocess
+    import sys
+
+    import onnx
+
+    import builders
+
+    model = builders.conv_bn_model()
+    next(n for n in model.graph.node if n.op_type == "BatchNormalization").name = "bn_é→名"
+    src = tmp_path / "m.onnx"
+    onnx.save(model, src)
+    env = {**os.environ, "PYTHONIOENCODING": encoding}
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "bnfold", *map(str, args)], capture_output=True, env=env)
+
+    checked = run("check", src)
+    assert checked.returncode == 1 and b"can fold into Conv 'conv' [conv-bn]" in checked.stdout, checked.stderr
+    folded = run("optimize", src, "-o", tmp_path / "out.onnx", "--no-validate")
+    assert folded.returncode == 0 and b"| BatchNormalization 'bn_" in folded.stdout, folded.stderr
+    assert b"\\u540d" in folded.stdout and (tmp_path / "out.onnx").exists()
+    many = run("optimize", src, src.with_name("m.onnx"), "-o", tmp_path / "outdir", "--no-validate")
+    assert many.returncode == 0 and b"1 written" in many.stdout, many.stderr

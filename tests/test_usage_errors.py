@@ -74,7 +74,7 @@ def with_batch_dim(kind: str) -> onnx.ModelProto:
 
 def huge_message(label, given: str = HUGE, gib: str = "14901.2") -> str:
     return (f"{label}: cannot allocate inputs of {gib} GiB for {given} (bnfold allows "
-            f"{inputs._size(inputs.memory_limit())}: 1/4 of this machine's memory)")
+            f"{inputs._size(inputs.memory_limit())}: 1/4 of the memory it may use)")
 
 
 @pytest.fixture
@@ -166,7 +166,7 @@ def test_memory_limit_is_a_bound_on_the_input_bytes(src, tmp_path, monkeypatch, 
         with pytest.raises(bnfold.BnfoldError) as raised:
             bnfold.optimize(src, dst)
         assert str(raised.value) == (f"{src}: cannot allocate inputs of 1.0 KiB for X=1x4x8x8 (bnfold allows "
-                                     "1023 bytes: 1/4 of this machine's memory)")
+                                     "1023 bytes: 1/4 of the memory it may use)")
         assert not dst.exists()
     else:
         report = bnfold.optimize(src, dst)
