@@ -19,7 +19,6 @@ from .limits import VALIDATE_TIMEOUT
 if TYPE_CHECKING:
     from .latency.runner import BenchOptions
     from .rules import Rule
-    from .validation import ValidationResult
 
 #: What ``--reference`` may name: the original judged against itself, or the exact float64 answer.
 REFERENCES = ("original", "float64")
@@ -59,10 +58,6 @@ class ValidationOptions:
         """These options as ``validate``'s keyword arguments."""
         return dict(input_shapes=dict(self.input_shapes) or None, inputs=self.inputs, atol=self.atol, rtol=self.rtol,
                     seed=self.seed, reference=self.reference, timeout=self.timeout)
-
-    def allows(self, result: ValidationResult | None) -> bool:
-        """Whether a fold with this validation result may be written."""
-        return result is None or result.passed or (self.accept_unproven and result.verdict == "unproven")
 
 
 

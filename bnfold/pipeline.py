@@ -196,13 +196,13 @@ def _optimize(src, dst, options: OptimizeOptions) -> Report:
         log.debug("wrote %d bytes to the staging file %s, %.3f s", report.output_bytes or 0, printable(str(tmp)),
                   timings["save"])
         if validate_output and result.changed:
-            from .validation import validate
+            from .validation import may_write, validate
 
             start = time.perf_counter()
             report.validation = validate(src, tmp, **validation.keywords())
             timings["validate"] = time.perf_counter() - start
             log.debug("validation %s, %.3f s", report.validation.verdict, timings["validate"])
-            if not validation.allows(report.validation):
+            if not may_write(report.validation, validation):
                 report.output_bytes = None
                 report.timings = timings
                 raise _ValidationFailed(report)

@@ -149,6 +149,12 @@ class ValidationResult:
         return jsonable(doc)
 
 
+def may_write(result: ValidationResult | None, options: ValidationOptions) -> bool:
+    """Whether a fold with this validation result may be written: passed (or not validated), or
+    unproven with ``options.accept_unproven``; a failed fold never."""
+    return result is None or result.passed or (options.accept_unproven and result.verdict == UNPROVEN)
+
+
 def failure_reason(error: str | None) -> str:
     """Why a validation did not pass, for one-line messages."""
     return error or "outputs differ beyond tolerance"
