@@ -87,6 +87,25 @@ class _BnfoldGroup(click.Group):
         return code
 
 
+@contextlib.contextmanager
+def _reporting(note: str | None = None):
+    """Where a command prints its report: standard output that refuses it (``> /dev/full``, a dead
+    terminal) is an OutputError, one line (with ``note``: what was done all the same); a closed
+    pipe stays click's (the reader is gone)."""
+    try:
+        yield
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        if exc.filename is not None:
+            raise
+        from .errors import OutputError
+
+        raise OutputError(f"cannot write to standard output: {exc.strerror or exc}"
+                          + (f" ({note})" if note else "")) from None
+
+
 def _debug_option(expose: bool = True):
     """--debug: tracebacks for errors, given to the group (``bnfold --debug CMD``) or to a command
     (``bnfold CMD --debug``); a command receives it as ``debug`` (``expose``)."""
@@ -318,6 +337,8 @@ def optimize(models, output, in_place, validate, input_shapes, seed, validation,
     from .inputs import parse_input_shapes
 
     # Malformed options are usage errors before any work (an input name a file lacks is that file's error).
+    if output == "":
+        raise UsageError("-o/--output: an empty path; give the output file (or, for several models, a folder)")
     try:
         shapes = parse_input_shapes(input_shapes)
     except ValueError as exc:
@@ -360,19 +381,21 @@ def optimize(models, output, in_place, validate, input_shapes, seed, validation,
         raise
     except Exception as exc:  # name the file in the one-line error
         raise _InternalError(model, exc) from exc
-    if fmt == "json":
-        from . import jsonout
+    with _reporting(f"{report.output} was written" if report.written else None):
+        if fmt == "json":
+            from . import jsonout
 
-        click.echo(jsonout.dumps(report.to_dict()))
-    elif fmt in ("markdown", "github"):
-        from . import formats
+            click.echo(jsonout.dumps(report.to_dict()))
+        elif fmt in ("markdown", "github"):
+            from . import formats
 
-        click.echo((formats.optimize_markdown if fmt == "markdown" else formats.optimize_github)(report), nl=False)
-    else:
-        from .report import render
-        from .textout import Out
+            to_text = formats.optimize_markdown if fmt == "markdown" else formats.optimize_github
+            click.echo(to_text(report), nl=False)
+        else:
+            from .report import render
+            from .textout import Out
 
-        render(report, Out())
+            render(report, Out())
     if report.bench_error:
         why = "it validated" if report.validation is not None else "validation was off"
         click.echo(f"bnfold: warning: {' '.join(report.bench_error.split())} (the output was written: {why})", err=True)
@@ -428,19 +451,20 @@ def _optimize_batch(models, output, options, ignore, jobs, fmt, debug) -> int:
             progress.stop()
     else:
         outcomes, interrupted = batch.run_jobs(todo, options, workers=jobs, debug=debug)
-    if fmt == "json":
-        from . import jsonout
+    with _reporting():
+        if fmt == "json":
+            from . import jsonout
 
-        click.echo(jsonout.dumps(batch.to_json(outcomes, interrupted)))
-    elif fmt in ("markdown", "github"):
-        from . import formats
+            click.echo(jsonout.dumps(batch.to_json(outcomes, interrupted)))
+        elif fmt in ("markdown", "github"):
+            from . import formats
 
-        click.echo((formats.batch_markdown if fmt == "markdown" else formats.batch_github)(outcomes, interrupted),
-                   nl=False)
-    else:
-        from .textout import Out
+            to_text = formats.batch_markdown if fmt == "markdown" else formats.batch_github
+            click.echo(to_text(outcomes, interrupted), nl=False)
+        else:
+            from .textout import Out
 
-        batch.render_summary(outcomes, Out(), interrupted)
+            batch.render_summary(outcomes, Out(), interrupted)
     for outcome in outcomes:
         if debug and outcome.traceback:
             click.echo(outcome.traceback, err=True, nl=False)
@@ -492,8 +516,9 @@ def check(paths, fix, fmt, verbose, disable, ignore, validation, debug) -> int:
         from .formats import check_markdown
 
         out = [check_markdown(checks, verbose=verbose, interrupted=interrupted).rstrip("\n")]
-    for line in out:
-        click.echo(line)
+    with _reporting():
+        for line in out:
+            click.echo(line)
     for line in err:
         click.echo(line, err=True)
     return exit_code(checks, fix=fix, interrupted=interrupted)
@@ -564,15 +589,16 @@ def bench(model, folded, runs, time_budget, warmup, threads, provider, rounds, c
         raise
     except Exception as exc:  # name the file in the one-line error
         raise _InternalError(model, exc) from exc
-    if as_json:
-        from . import jsonout
+    with _reporting():
+        if as_json:
+            from . import jsonout
 
-        click.echo(jsonout.dumps(result.to_dict()))
-    else:
-        from .latency.report import render_bench
-        from .textout import Out
+            click.echo(jsonout.dumps(result.to_dict()))
+        else:
+            from .latency.report import render_bench
+            from .textout import Out
 
-        render_bench(result, Out())
+            render_bench(result, Out())
     if plot is not None:  # after the results are out: a failure here costs the figure only
         from .latency.plot import plot_bench
 

@@ -169,6 +169,8 @@ def _optimize(src, dst, options: OptimizeOptions) -> Report:
               1 + len(source.data_files), timings["load"])
     if in_place and dst is not None and Path(dst).resolve() != src.resolve():
         raise UsageError("--in-place and an output path contradict each other; give one")
+    if not in_place and dst is not None and not os.fspath(dst):
+        raise UsageError("the output path is empty")
     # In place through a symlink replaces the file it points to, not the link.
     dst = Path(os.path.realpath(src)) if in_place else Path(dst) if dst is not None else default_output(src)
     if not in_place:

@@ -76,8 +76,11 @@ def staged_output(dest: str | os.PathLike) -> Iterator[Path]:
     stage = None
     try:
         with signals.held():
-            stage = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=folder))
-            (stage / _OWNER).write_text(json.dumps(_identity(os.getpid())))
+            try:
+                stage = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=folder))
+                (stage / _OWNER).write_text(json.dumps(_identity(os.getpid())))
+            except OSError as exc:  # a read-only or virtual file system (/proc), a full disk, no permission
+                raise OutputError(f"{dest}: cannot write in {folder}: {exc.strerror or exc}") from None
         staged = stage / dest.name
         yield staged
         _pause("staged", dest)
@@ -154,6 +157,8 @@ def check_fits(dest: str | os.PathLike, *, side_file: bool = False) -> None:
     """OutputError when ``dest``'s name, or with ``side_file`` its side file's (``<name>.data``, 5
     bytes longer), is longer than the file system of its folder allows."""
     dest = Path(dest)
+    if not dest.name:  # "", ".", "/": no file could be written there
+        raise OutputError(f"'{dest}' is not a file's path")
     limit, size = name_max(dest.parent), len(os.fsencode(dest.name))
     if size > limit:
         raise OutputError(f"{dest}: the file name is {size} bytes long; this file system allows {limit}")

@@ -143,3 +143,46 @@ def test_the_time_limit_has_a_default():
     assert VALIDATE_TIMEOUT == 300 and validate.__kwdefaults__["timeout"] == VALIDATE_TIMEOUT
     text = CliRunner().invoke(cli, ["optimize", "--help"]).stdout
     assert "--validate-timeout SECONDS" in text and "[default: 300.0" in " ".join(text.split())
+
+
+# -- outputs that cannot be: one line, exit 2, never "internal error" ------------------------------------
+
+
+def test_an_empty_output_path_is_a_usage_error(folder):
+    done = bnfold("optimize", folder / "m.onnx", "-o", "")
+    assert (done.returncode, done.stderr.strip()) == (
+        2, "bnfold: error: -o/--output: an empty path; give the output file (or, for several models, a folder)")
+    import bnfold as api
+    from bnfold.errors import UsageError
+
+    with pytest.raises(UsageError, match="the output path is empty"):
+        api.optimize(folder / "m.onnx", "")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+def test_an_output_folder_nothing_can_be_written_in_is_one_line(folder):
+    done = bnfold("optimize", folder / "m.onnx", "-o", "/proc/m.folded.onnx", "--no-validate")
+    assert done.returncode == 2
+    assert done.stderr.strip().startswith("bnfold: error: /proc/m.folded.onnx: cannot write in /proc: "), done.stderr
+    assert "internal error" not in done.stderr
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("args", [["check", "{m}"], ["check", "--format", "json", "{m}"],
+                                  ["optimize", "{m}", "-o", "{out}", "--no-validate"],
+                                  ["optimize", "{m}", "-o", "{out}", "--no-validate", "--format", "json"],
+                                  ["optimize", "{m}", "{m}", "-o", "{dir}", "--no-validate"]],
+                         ids=["check", "check-json", "optimize", "optimize-json", "optimize-many"])
+def test_a_full_standard_output_is_one_line(folder, args):
+    """``> /dev/full``: the report cannot be printed; what was written stays, and the line says so."""
+    paths = {"m": folder / "m.onnx", "out": folder / "out.onnx", "dir": folder / "outdir"}
+    beside = Path(sys.executable).with_name("bnfold")
+    script = str(beside) if beside.exists() else shutil.which("bnfold")
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([script, *(a.format(**paths) for a in args)], stdout=full, stderr=subprocess.PIPE,
+                              text=True, timeout=TIMEOUT)
+    assert done.returncode == 2
+    [line] = done.stderr.splitlines()
+    assert line.startswith("bnfold: error: cannot write to standard output: No space left on device"), line
+    if args[-1] == "--no-validate" and "{out}" in args:
+        assert line.endswith(f"({paths['out']} was written)") and paths["out"].exists()
