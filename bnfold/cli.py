@@ -90,13 +90,19 @@ class _BnfoldGroup(click.Group):
 @contextlib.contextmanager
 def _reporting(note: str | None = None):
     """Where a command prints its report: standard output that refuses it (``> /dev/full``, a dead
-    terminal) is an OutputError, one line (with ``note``: what was done all the same); a closed
-    pipe stays click's (the reader is gone)."""
+    terminal) is an OutputError, one line (with ``note``: what was done all the same). A reader that
+    closed the pipe (``| head``) has what it wanted: the rest goes nowhere and the command's exit
+    code stands (click would exit 1, which here means "validation failed")."""
     try:
         yield
         sys.stdout.flush()
     except BrokenPipeError:
-        raise
+        try:  # what is still buffered, and whatever follows, goes to /dev/null instead of failing again
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):  # not a real file descriptor: click's way then
+            raise BrokenPipeError from None
     except OSError as exc:
         if exc.filename is not None:
             raise

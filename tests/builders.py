@@ -476,3 +476,21 @@ def symbolic_spatial_model() -> onnx.ModelProto:
     dims[2].dim_param, dims[3].dim_param = "H", "W"
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def conv_bn_chain_model(n: int, c: int = 2) -> onnx.ModelProto:
+    """n pairs Conv 'conv{i}' -> BatchNormalization 'bn{i}', 1x1 kernels, c channels."""
+    rng = np.random.default_rng(0)
+    nodes, inits, x = [], [], "X"
+    for i in range(n):
+        inits.append(numpy_helper.from_array(rng.standard_normal((c, c, 1, 1)).astype(np.float32), f"w{i}"))
+        for k, v in zip("gbmv", (rng.uniform(0.5, 1.5, c), rng.standard_normal(c), rng.standard_normal(c),
+                                 rng.uniform(0.5, 2, c))):
+            inits.append(numpy_helper.from_array(v.astype(np.float32), f"{k}{i}"))
+        nodes.append(helper.make_node("Conv", [x, f"w{i}"], [f"c{i}"], name=f"conv{i}"))
+        nodes.append(helper.make_node("BatchNormalization", [f"c{i}", *(f"{k}{i}" for k in "gbmv")], [f"y{i}"],
+                                      name=f"bn{i}"))
+        x = f"y{i}"
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("X", 1, [1, c, 2, 2])],
+                              [helper.make_tensor_value_info(x, 1, [1, c, 2, 2])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])

@@ -186,3 +186,21 @@ def test_a_full_standard_output_is_one_line(folder, args):
     assert line.startswith("bnfold: error: cannot write to standard output: No space left on device"), line
     if args[-1] == "--no-validate" and "{out}" in args:
         assert line.endswith(f"({paths['out']} was written)") and paths["out"].exists()
+
+
+@pytest.mark.parametrize("command, code", [("optimize", 0), ("check", 1)])
+def test_a_reader_that_closes_the_pipe_leaves_the_command_s_exit_code(tmp_path, command, code):
+    """``bnfold … | head``: a report far larger than the pipe's buffer, its reader gone after 10 bytes.
+    The rest goes nowhere; optimize still exits 0 (the model is written), check 1 (findings),
+    where click's convention would exit 1 for both ("validation failed" for optimize)."""
+    src, out = tmp_path / "chain.onnx", tmp_path / "chain.folded.onnx"
+    onnx.save(builders.conv_bn_chain_model(1500), src)
+    args = [src, "-o", out, "--no-validate"] if command == "optimize" else [src]
+    beside = Path(sys.executable).with_name("bnfold")
+    script = str(beside) if beside.exists() else shutil.which("bnfold")
+    proc = subprocess.Popen([script, command, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.read(10)
+    proc.stdout.close()
+    stderr = proc.stderr.read()
+    assert (proc.wait(timeout=TIMEOUT), stderr) == (code, b"")
+    assert out.exists() == (command == "optimize")
