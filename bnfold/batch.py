@@ -32,6 +32,7 @@ reason; its staging folder is swept and a new worker takes its place.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 import traceback
@@ -404,32 +405,45 @@ def exit_code(outcomes: list[Outcome], interrupted: signals.Interrupted | None =
             else EXIT_UNPROVEN if UNPROVEN in statuses else EXIT_OK)
 
 
-def summary(outcomes: list[Outcome], interrupted: signals.Interrupted | None = None) -> dict:
+@dataclass(frozen=True)
+class Summary:
+    """The totals of a batch: files by status, folds and refusals, the signal that stopped it (its
+    name, None if none). ``to_dict`` is the ``"summary"`` of ``--json``."""
+
+    files: int
+    written: int
+    validation_failed: int
+    unproven: int
+    unusable: int
+    rolled_back: int
+    not_started: int
+    folds: int
+    refusals: int
+    interrupted: str | None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def summary(outcomes: list[Outcome], interrupted: signals.Interrupted | None = None) -> Summary:
     reports = [o.report for o in outcomes if o.report is not None]
-    return {
-        "files": len(outcomes),
-        "written": sum(1 for o in outcomes if o.written),
-        "validation_failed": sum(1 for o in outcomes if o.status == VALIDATION_FAILED),
-        "unproven": sum(1 for o in outcomes if o.status == UNPROVEN),
-        "unusable": sum(1 for o in outcomes if o.status == UNUSABLE),
-        "rolled_back": sum(1 for o in outcomes if o.status == ROLLED_BACK),
-        "not_started": sum(1 for o in outcomes if o.status == NOT_STARTED),
-        "folds": sum(len(r.result.folds) for r in reports),
-        "refusals": sum(len(r.result.refusals) for r in reports),
-        "interrupted": interrupted.name if interrupted is not None else None,
-    }
+    counted = {status: sum(1 for o in outcomes if o.status == status)
+               for status in (VALIDATION_FAILED, UNPROVEN, UNUSABLE, ROLLED_BACK, NOT_STARTED)}
+    return Summary(len(outcomes), sum(1 for o in outcomes if o.written), counted[VALIDATION_FAILED],
+                   counted[UNPROVEN], counted[UNUSABLE], counted[ROLLED_BACK], counted[NOT_STARTED],
+                   sum(len(r.result.folds) for r in reports), sum(len(r.result.refusals) for r in reports),
+                   interrupted.name if interrupted is not None else None)
 
 
 def to_json(outcomes: list[Outcome], interrupted: signals.Interrupted | None = None) -> dict:
     """The ``--json`` document of a batch: ``{"files": [...], "summary": {...}}``."""
-    return {"files": [o.to_dict() for o in outcomes], "summary": summary(outcomes, interrupted)}
+    return {"files": [o.to_dict() for o in outcomes], "summary": summary(outcomes, interrupted).to_dict()}
 
 
 def interrupted_line(outcomes: list[Outcome], interrupted: signals.Interrupted) -> str:
     """``bnfold: interrupted by SIGINT: 2 written, 2 rolled back, 8 not started``."""
     s = summary(outcomes, interrupted)
-    return (f"bnfold: {interrupted}: {s['written']} written, {s['rolled_back']} rolled back, "
-            f"{s['not_started']} not started")
+    return f"bnfold: {interrupted}: {s.written} written, {s.rolled_back} rolled back, {s.not_started} not started"
 
 
 def error_lines(outcomes: list[Outcome]) -> list[str]:
@@ -478,7 +492,7 @@ def render_summary(outcomes: list[Outcome], out: Out, interrupted: signals.Inter
     out.table(("file", "folds", "refusals", "validation", "nodes before→after", "status"), rows,
               title="bnfold optimize")
     s = summary(outcomes)
-    out.line(f"{s['files']} files: {s['written']} written, {s['validation_failed']} failed validation, "
-             f"{s['unproven']} not proven, {s['unusable']} unusable; {s['folds']} folds, {s['refusals']} refusals")
+    out.line(f"{s.files} files: {s.written} written, {s.validation_failed} failed validation, "
+             f"{s.unproven} not proven, {s.unusable} unusable; {s.folds} folds, {s.refusals} refusals")
     if interrupted is not None:
-        out.line(f"{interrupted}: {s['rolled_back']} rolled back (nothing written), {s['not_started']} not started")
+        out.line(f"{interrupted}: {s.rolled_back} rolled back (nothing written), {s.not_started} not started")

@@ -260,7 +260,7 @@ def batch_markdown(outcomes: Sequence, interrupted=None) -> str:
     its totals, then each file's folds, refusals, validation and model table."""
     from . import batch
 
-    s = batch.summary(list(outcomes), interrupted)
+    s = batch.summary(list(outcomes), interrupted).to_dict()
     rows = []
     for o in outcomes:
         d = o.to_dict()
