@@ -494,3 +494,17 @@ def conv_bn_chain_model(n: int, c: int = 2) -> onnx.ModelProto:
     graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("X", 1, [1, c, 2, 2])],
                               [helper.make_tensor_value_info(x, 1, [1, c, 2, 2])], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def fold_and_refusal_model() -> onnx.ModelProto:
+    """Conv 'conv' -> BN 'bn' (folds) -> Relu 'relu' -> BN 'bn_tail' (refused: not after a Conv) -> Z."""
+    model = conv_bn_model()
+    graph = model.graph
+    graph.node.append(helper.make_node("Relu", ["Y"], ["relu_out"], name="relu"))
+    for param, value in (("scale", 1.5), ("bias", 0.1), ("mean", 0.2), ("var", 0.9)):
+        graph.initializer.append(numpy_helper.from_array(np.full(8, value, np.float32), f"tail_{param}"))
+    graph.node.append(helper.make_node(
+        "BatchNormalization", ["relu_out", "tail_scale", "tail_bias", "tail_mean", "tail_var"], ["Z"], name="bn_tail"))
+    graph.output[0].name = "Z"
+    onnx.checker.check_model(model, full_check=True)
+    return model

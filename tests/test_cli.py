@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner, Result
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
 import bnfold
 import builders
@@ -116,21 +116,6 @@ def assert_one_error_line(result, *fragments: str) -> str:
     return lines[0]
 
 
-def fold_and_refusal_model() -> onnx.ModelProto:
-    """Conv 'conv' -> BN 'bn' (folds) -> Relu 'relu' -> BN 'bn_tail' (refused: not after a Conv) -> Z."""
-    model = builders.conv_bn_model()
-    graph = model.graph
-    graph.node.append(helper.make_node("Relu", ["Y"], ["relu_out"], name="relu"))
-    for param, value in (("scale", 1.5), ("bias", 0.1), ("mean", 0.2), ("var", 0.9)):
-        graph.initializer.append(numpy_helper.from_array(np.full(8, value, np.float32), f"tail_{param}"))
-    graph.node.append(helper.make_node(
-        "BatchNormalization", ["relu_out", "tail_scale", "tail_bias", "tail_mean", "tail_var"], ["Z"],
-        name="bn_tail"))
-    graph.output[0].name = "Z"
-    onnx.checker.check_model(model, full_check=True)
-    return model
-
-
 
 def current_umask() -> int:
     mask = os.umask(0)
@@ -194,7 +179,7 @@ def test_sample_model_json_report(sample, tmp_path):
 
 
 def test_table_lists_folds_refusals_validation_and_sizes(tmp_path):
-    src = save(fold_and_refusal_model(), tmp_path / "m.onnx")
+    src = save(builders.fold_and_refusal_model(), tmp_path / "m.onnx")
     dst = tmp_path / "m.out.onnx"
 
     result = run("optimize", src, "-o", dst)

@@ -14,12 +14,10 @@ import re
 from pathlib import Path
 
 import builders
-import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner, Result
 from markdown_it import MarkdownIt
-from onnx import helper, numpy_helper
 
 import bnfold
 import bnfold.pipeline
@@ -50,20 +48,6 @@ def rename_tensor(model: onnx.ModelProto, old: str, new: str) -> None:
     for vi in [*g.input, *g.output, *g.value_info]:
         if vi.name == old:
             vi.name = new
-
-
-def fold_and_refusal_model() -> onnx.ModelProto:
-    """Conv 'conv' -> BN 'bn' (folds) -> Relu 'relu' -> BN 'bn_tail' (refused: not after a Conv) -> Z."""
-    model = builders.conv_bn_model()
-    graph = model.graph
-    graph.node.append(helper.make_node("Relu", ["Y"], ["relu_out"], name="relu"))
-    for param, value in (("scale", 1.5), ("bias", 0.1), ("mean", 0.2), ("var", 0.9)):
-        graph.initializer.append(numpy_helper.from_array(np.full(8, value, np.float32), f"tail_{param}"))
-    graph.node.append(helper.make_node(
-        "BatchNormalization", ["relu_out", "tail_scale", "tail_bias", "tail_mean", "tail_var"], ["Z"], name="bn_tail"))
-    graph.output[0].name = "Z"
-    onnx.checker.check_model(model, full_check=True)
-    return model
 
 
 def fixed_validation(output: str = "Z", verdict: str = "passed", reason: str | None = None, inputs=None):
@@ -136,7 +120,7 @@ def github_cells(html: str) -> list[list[str]]:
 
 def test_optimize_markdown_is_exact(tmp_path, fixed):
     src = tmp_path / "m.onnx"
-    onnx.save(fold_and_refusal_model(), src)
+    onnx.save(builders.fold_and_refusal_model(), src)
     dst = tmp_path / "m.out.onnx"
 
     result = run("optimize", src, "-o", dst, "--format", "markdown")
