@@ -467,9 +467,9 @@ def error_lines(outcomes: list[Outcome]) -> list[str]:
 def _validation_cell(report: Report, out: Out) -> str:
     if report.validation is None:
         return "not run"
-    if report.verdict in ("passed", "failed"):
-        return out.paint("passed", "green") if report.verdict == "passed" else out.paint("FAILED", "red")
-    return out.paint("unproven", "yellow")
+    word, style = {"passed": ("passed", "green"), "failed": ("FAILED", "red")}.get(report.verdict,
+                                                                                 ("unproven", "yellow"))
+    return out.paint(word, style)
 
 
 def render_summary(outcomes: list[Outcome], out: Out, interrupted: signals.Interrupted | None = None) -> None:

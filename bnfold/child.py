@@ -117,7 +117,8 @@ def run(argv: Sequence[str], request: dict, *, timeout: float | None = None, mem
         on_event: EventCallback | None = None) -> Ended:
     """Run ``[*argv, REQUEST.json]`` as described in the module docstring: at most ``timeout``
     seconds (None: no limit), with its address space limited to ``memory_fraction`` of the memory
-    bnfold may use (``limits.usable_memory``; where that can be set), each event of its stdout passed to ``on_event``."""
+    bnfold may use (``limits.usable_memory``; where that can be set), each event of its stdout
+    passed to ``on_event``."""
     with tempfile.TemporaryDirectory(prefix="bnfold-child-") as folder:
         paths = {k: os.path.join(folder, f"{k}.json") for k in ("request", "result")}
         full = {**request, "result": paths["result"], "parent": os.getpid()}

@@ -96,13 +96,13 @@ def _reporting(note: str | None = None):
     try:
         yield
         sys.stdout.flush()
-    except BrokenPipeError:
+    except BrokenPipeError as broken:
         try:  # what is still buffered, and whatever follows, goes to /dev/null instead of failing again
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
             os.close(devnull)
         except (OSError, ValueError, AttributeError):  # not a real file descriptor: click's way then
-            raise BrokenPipeError from None
+            raise broken from None
     except OSError as exc:
         if exc.filename is not None:
             raise
@@ -223,7 +223,7 @@ def _validation_options(*, real_inputs: bool = True, settings_hint: str = ""):
 
 def _validation(given: dict, input_shapes: dict, seed: int, settings=None):
     """The ValidationOptions of a command's flags (``[tool.bnfold]`` values where a flag is absent)."""
-    from .limits import VALIDATE_TIMEOUT as DEFAULT_TIMEOUT
+    from .limits import VALIDATE_TIMEOUT
     from .options import ValidationOptions
 
     def pick(key, default=None):
@@ -234,7 +234,7 @@ def _validation(given: dict, input_shapes: dict, seed: int, settings=None):
 
     inputs = tuple(given["inputs"]) if given.get("inputs") else None
     return ValidationOptions(input_shapes, inputs, pick("atol"), pick("rtol"), seed, pick("reference", "original"),
-                             given.get("validate_timeout", DEFAULT_TIMEOUT), bool(pick("accept_unproven", False))
+                             given.get("validate_timeout", VALIDATE_TIMEOUT), bool(pick("accept_unproven", False))
                              ).checked()
 
 

@@ -133,7 +133,9 @@ def _saving(s: dict | None) -> str:
 
 def _validation_lines(v: dict, level: int) -> list[str]:
     lines = [f"{'#' * level} Validation: {_VERDICT_WORDS.get(v['verdict'], escape(v['verdict']))}", ""]
-    how = ", ".join([escape(v["backend"])] * bool(v.get("backend")) + [f"seed {v.get('seed', 0)}"])
+    how = f"seed {v.get('seed', 0)}"
+    if v.get("backend"):
+        how = f"{escape(v['backend'])}, {how}"
     sets = v.get("sets") or []
     if sets:
         shapes = ", ".join(f"{k}={'x'.join(map(str, s))}" for k, s in sets[0]["inputs"].items())

@@ -60,8 +60,6 @@ class ValidationOptions:
                     seed=self.seed, reference=self.reference, timeout=self.timeout)
 
 
-
-
 @dataclass(frozen=True)
 class OptimizeOptions:
     """``in_place``: replace the input (atomically); ``validate_output``: run validation

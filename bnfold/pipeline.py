@@ -26,7 +26,7 @@ from .logs import logger
 from .staging import staged_output
 from .savings import Savings, measure
 from .options import OptimizeOptions
-from .limits import VALIDATE_TIMEOUT as DEFAULT_TIMEOUT
+from .limits import VALIDATE_TIMEOUT
 from .options import ValidationOptions
 from .text import printable
 
@@ -113,7 +113,7 @@ def optimize(
     external_data: bool = False,
     rules: Sequence[Rule] | None = None,
     bench: BenchOptions | None = None,
-    validate_timeout: float | None = DEFAULT_TIMEOUT,
+    validate_timeout: float | None = VALIDATE_TIMEOUT,
     validation: ValidationOptions | None = None,
 ) -> Report:
     """Fold ``src`` and write the result to ``dst`` (default ``<stem>.folded.onnx`` beside it).
@@ -136,7 +136,7 @@ def optimize(
     original): ``report.bench``, or ``report.bench_error`` when the runtime could not measure it
     (the output is written all the same; it was validated).
     """
-    shorthands = (input_shapes, atol, rtol, seed, validate_timeout) != (None, None, None, 0, DEFAULT_TIMEOUT)
+    shorthands = (input_shapes, atol, rtol, seed, validate_timeout) != (None, None, None, 0, VALIDATE_TIMEOUT)
     if validation is not None and shorthands:
         raise UsageError("give the validation options either as validation=ValidationOptions(...) or as keywords")
     if options is not None:
@@ -159,6 +159,8 @@ def optimize(
 def _optimize(src, dst, options: OptimizeOptions) -> Report:
     in_place, validation, bench = options.in_place, options.validation, options.bench
     validate_output = options.validate_output
+    if not in_place and dst is not None and not os.fspath(dst):
+        raise UsageError("the output path is empty")
     src = Path(src)
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -169,8 +171,6 @@ def _optimize(src, dst, options: OptimizeOptions) -> Report:
               1 + len(source.data_files), timings["load"])
     if in_place and dst is not None and Path(dst).resolve() != src.resolve():
         raise UsageError("--in-place and an output path contradict each other; give one")
-    if not in_place and dst is not None and not os.fspath(dst):
-        raise UsageError("the output path is empty")
     # In place through a symlink replaces the file it points to, not the link.
     dst = Path(os.path.realpath(src)) if in_place else Path(dst) if dst is not None else default_output(src)
     if not in_place:

@@ -37,7 +37,7 @@ def render_validation(v, out: Out) -> None:
         shapes = ", ".join(f"{k}={'x'.join(map(str, s))}" for k, s in v.sets[0]["inputs"].items())
         labels = ", ".join(s["label"] for s in v.sets)
         out.line(f"  inputs: {len(v.sets)} set{'s' if len(v.sets) != 1 else ''} ({safe(labels)}), "
-                      f"{safe(shapes)} (shapes: {safe(v.shapes_chosen)})")
+                 f"{safe(shapes)} (shapes: {safe(v.shapes_chosen)})")
     if not v.outputs:
         return
     from .tolerances import FAST_PASS_EPS
@@ -58,13 +58,13 @@ def render_validation(v, out: Out) -> None:
     for o in v.outputs:
         if o.exact_folded is not None:
             out.line(f"  exact float64 answer, output '{safe(o.name)}': original {o.exact_original:.3g} "
-                          f"from it, folded {o.exact_folded:.3g}")
+                     f"from it, folded {o.exact_folded:.3g}")
         if o.verdict == "nondeterministic":
-            out.line(f"{out.paint('Note', 'yellow')}: output '{safe(o.name)}' is not deterministic: two runs of the original "
-                          f"differ by up to {o.self_diff:.3g}, so it was not compared.")
+            out.line(f"{out.paint('Note', 'yellow')}: output '{safe(o.name)}' is not deterministic: two runs of "
+                     f"the original differ by up to {o.self_diff:.3g}, so it was not compared.")
         elif o.verdict == "uninformative":
-            out.line(f"{out.paint('Note', 'yellow')}: output '{safe(o.name)}' is zero or not finite everywhere on these "
-                          "inputs: it passes whatever the fold did, so it proves nothing.")
+            out.line(f"{out.paint('Note', 'yellow')}: output '{safe(o.name)}' is zero or not finite everywhere on "
+                     "these inputs: it passes whatever the fold did, so it proves nothing.")
     if v.reference.get("error"):
         out.line(f"  exact reference could not run: {safe(v.reference['error'])}")
 

@@ -157,8 +157,6 @@ def check_fits(dest: str | os.PathLike, *, side_file: bool = False) -> None:
     """OutputError when ``dest``'s name, or with ``side_file`` its side file's (``<name>.data``, 5
     bytes longer), is longer than the file system of its folder allows."""
     dest = Path(dest)
-    if not dest.name:  # "", ".", "/": no file could be written there
-        raise OutputError(f"'{dest}' is not a file's path")
     limit, size = name_max(dest.parent), len(os.fsencode(dest.name))
     if size > limit:
         raise OutputError(f"{dest}: the file name is {size} bytes long; this file system allows {limit}")

@@ -84,10 +84,9 @@ class Out:
               right: Iterable[str] = (), caption: str | None = None) -> None:
         """A boxed table: ``right`` names the right-aligned columns; a ``SECTION`` row draws a rule."""
         fix = self._encodable
-        self.stream.write(render_table([fix(c) for c in columns],
-                                       [None if row is None else [fix(c) for c in row] for row in rows],
-                                       title=None if title is None else fix(title), caption=None if caption is None
-                                       else fix(caption), right={fix(c) for c in right}, box=self.box))
+        body: list[Sequence[str] | None] = [None if row is None else [fix(c) for c in row] for row in rows]
+        self.stream.write(render_table([fix(c) for c in columns], body, title=title and fix(title),
+                                       right={fix(c) for c in right}, caption=caption and fix(caption), box=self.box))
 
 
 def render_table(columns: Sequence[str], rows: list[Sequence[str] | None], *, title: str | None = None,

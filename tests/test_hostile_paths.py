@@ -204,3 +204,24 @@ def test_a_reader_that_closes_the_pipe_leaves_the_command_s_exit_code(tmp_path, 
     stderr = proc.stderr.read()
     assert (proc.wait(timeout=TIMEOUT), stderr) == (code, b"")
     assert out.exists() == (command == "optimize")
+
+
+def test_a_closed_pipe_without_a_file_descriptor_stays_click_s_epipe(monkeypatch):
+    """Where standard output has no descriptor to point at /dev/null (a caller's stream), the closed
+    pipe goes on as the very BrokenPipeError, errno EPIPE, which click turns into its quiet exit."""
+    import errno
+
+    from bnfold.cli import _reporting
+
+    class Closed:
+        def flush(self):
+            raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+        def fileno(self):
+            raise ValueError("no descriptor")
+
+    monkeypatch.setattr(sys, "stdout", Closed())
+    with pytest.raises(BrokenPipeError) as raised:
+        with _reporting():
+            pass
+    assert raised.value.errno == errno.EPIPE

@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-
 from typing import TYPE_CHECKING
 
 from .runner import SETTINGS, BenchResult, ProgressCallback
 from ..text import change as _change, printable as safe, size as _size
 from ..textout import SECTION, Out
+from .stats import FASTER, NO_DIFFERENCE, Speedup
 
 if TYPE_CHECKING:
     from rich.console import Console
-from .stats import FASTER, NO_DIFFERENCE, Speedup
 
 
 def _ms(value: float) -> str:
@@ -54,8 +53,8 @@ def _checks(result: BenchResult, out: Out) -> str | None:
     if outputs is None:
         return None
     if not outputs["checked"]:
-        return (f"{out.paint('Outputs not compared', 'yellow')} (--no-check-outputs): the two models may compute different "
-                "things; the speedups compare their latencies only")
+        return (f"{out.paint('Outputs not compared', 'yellow')} (--no-check-outputs): the two models may compute "
+                "different things; the speedups compare their latencies only")
     worst = max((o["max_abs"] for o in outputs["outputs"]), default=0.0)
     return (f"Checked before timing: {safe(checks.get('interface', ''))}; every output agrees on one seeded input "
             f"within tolerance ({safe(outputs['backend'])}; largest difference {worst:.2g})")
@@ -82,9 +81,9 @@ def render_latency(result: BenchResult, out: Out) -> None:
     if checked:
         out.line(checked)
     out.line(f"Latency: onnxruntime {result.onnxruntime}, {result.provider}, threads {threads}, inputs {shapes}, "
-                  f"seed {result.seed}; per setting up to {result.rounds} rounds, each a fresh session of each model "
-                  f"(creation timed), {result.warmup} warm-up runs of each, then interleaved pairs (ABBA order); "
-                  f"until {result.runs} pairs or {result.time_budget:g} s")
+             f"seed {result.seed}; per setting up to {result.rounds} rounds, each a fresh session of each model "
+             f"(creation timed), {result.warmup} warm-up runs of each, then interleaved pairs (ABBA order); "
+             f"until {result.runs} pairs or {result.time_budget:g} s")
     rows = []
     for s in result.settings:
         for which in ("original", "folded"):
